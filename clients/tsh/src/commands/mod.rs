@@ -1,0 +1,7 @@
+//! One module per `tsh` subcommand.
+
+pub mod clusters;
+pub mod login;
+pub mod ls;
+pub mod ssh;
+pub mod status;

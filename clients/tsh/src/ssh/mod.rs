@@ -1,0 +1,5 @@
+//! SSH plumbing: the russh client with host-certificate checks, the session I/O, the terminal.
+
+pub mod client;
+pub mod session;
+pub mod tty;

@@ -1,0 +1,10 @@
+//! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["portcullis/auth/v1/auth.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

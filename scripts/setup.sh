@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need beyond the Rust toolchain: OpenSSH's client
+# and ssh-keygen (the e2e tests check interoperability with them).
+set -euo pipefail
+
+need=()
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v useradd >/dev/null 2>&1 || need+=(passwd)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "setup: please install ${need[*]} (needs root)" >&2
+    exit 1
+  fi
+fi

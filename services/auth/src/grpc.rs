@@ -1,0 +1,299 @@
+//! The gRPC face of the auth service: checks who is calling, then hands over to
+//! [`AuthState`]. Blocking work (argon2, sled flushes) runs off the async threads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_pki::Secret;
+use portcullis_pki::x509::{TlsIdentity, system_role, verify_client_cert};
+use portcullis_proto::auth::auth_server::Auth;
+use portcullis_proto::auth::*;
+use portcullis_rpc::peer_identity;
+use portcullis_types::SystemRole;
+use tonic::{Request, Response, Status};
+
+use crate::access::Asker;
+use crate::error::AuthError;
+use crate::state::AuthState;
+use crate::users::CertParams;
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct AuthService {
+    state: Arc<AuthState>,
+}
+
+impl AuthService {
+    pub fn new(state: Arc<AuthState>) -> Self {
+        AuthService { state }
+    }
+
+    /// The caller's identity, which must belong to this cluster and hold one of `roles`.
+    fn require<T>(&self, req: &Request<T>, roles: &[&str], call: &str) -> Result<TlsIdentity, Status> {
+        let id = peer_identity(req)?;
+        if id.cluster != self.state.cluster_name {
+            return Err(Status::permission_denied(format!(
+                "certificate of cluster {:?} is not valid in cluster {:?}",
+                id.cluster, self.state.cluster_name
+            )));
+        }
+        let editor = id.has_system_role(system_role::USER) && id.roles.iter().any(|r| r == "editor");
+        let ok = roles.iter().any(|r| id.has_system_role(r) || (*r == system_role::ADMIN && editor));
+        if !ok {
+            return Err(Status::permission_denied(format!(
+                "{} ({}) may not call {call}",
+                id.name,
+                id.system_roles.join(",")
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Runs blocking state work on the blocking pool.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AuthState) -> Result<R, AuthError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(|e| Status::internal(format!("auth worker failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+fn remote<T>(req: &Request<T>) -> String {
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+fn ttl(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let addr = remote(&req);
+        let r = req.into_inner();
+        tracing::info!(role = %r.role, nodename = %r.nodename, %addr, "join request");
+        let resp = self.blocking(move |s| s.join(&r, &addr)).await.inspect_err(|e| {
+            tracing::warn!(reason = %e.message(), "join refused");
+        })?;
+        Ok(Response::new(resp))
+    }
+
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            cluster_name: self.state.cluster_name.clone(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            cas: Some(self.state.cert_authorities()?),
+        }))
+    }
+
+    async fn authenticate_user(&self, req: Request<AuthenticateUserRequest>) -> Result<Response<UserCerts>, Status> {
+        self.require(&req, &[system_role::PROXY], "AuthenticateUser")?;
+        let r = req.into_inner();
+        let certs = self
+            .blocking(move |s| {
+                let password = Secret::new(r.password.clone());
+                s.login(
+                    &r.username,
+                    &password,
+                    CertParams {
+                        username: &r.username,
+                        ssh_public_key: &r.ssh_public_key,
+                        tls_public_key: &r.tls_public_key,
+                        ttl: ttl(r.ttl_seconds),
+                        route_to_cluster: &r.route_to_cluster,
+                    },
+                    &r.remote_addr,
+                )
+            })
+            .await?;
+        Ok(Response::new(certs))
+    }
+
+    async fn generate_user_certs(&self, req: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
+        self.require(&req, &[system_role::ADMIN], "GenerateUserCerts")?;
+        let r = req.into_inner();
+        let certs = self
+            .blocking(move |s| {
+                let user = s
+                    .get_user(&r.username)?
+                    .ok_or_else(|| AuthError::NotFound(format!("user {:?} does not exist", r.username)))?;
+                s.user_certs(
+                    &user,
+                    CertParams {
+                        username: &r.username,
+                        ssh_public_key: &r.ssh_public_key,
+                        tls_public_key: &r.tls_public_key,
+                        ttl: ttl(r.ttl_seconds),
+                        route_to_cluster: &r.route_to_cluster,
+                    },
+                )
+            })
+            .await?;
+        Ok(Response::new(certs))
+    }
+
+    async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {
+        self.require(&req, &[system_role::ADMIN], "SetPassword")?;
+        let r = req.into_inner();
+        self.blocking(move |s| s.set_password(&r.username, &Secret::new(r.password.clone()))).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn upsert_resource(&self, req: Request<UpsertResourceRequest>) -> Result<Response<UpsertResourceResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "UpsertResource")?;
+        let r = req.into_inner();
+        let (kind, name, created) = self.blocking(move |s| s.upsert_resource(&r.resource_json, r.create_only)).await?;
+        Ok(Response::new(UpsertResourceResponse { kind: kind.as_str().into(), name, created }))
+    }
+
+    async fn get_resources(&self, req: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "GetResources")?;
+        let r = req.into_inner();
+        let values = self.blocking(move |s| s.get_resources(&r.kind, &r.name)).await?;
+        Ok(Response::new(GetResourcesResponse { resources_json: values.iter().map(|v| v.to_string()).collect() }))
+    }
+
+    async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<Empty>, Status> {
+        self.require(&req, &[system_role::ADMIN], "DeleteResource")?;
+        let r = req.into_inner();
+        self.blocking(move |s| s.delete_resource(&r.kind, &r.name).map(|_| ())).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "CreateToken")?;
+        let r = req.into_inner();
+        let roles = r
+            .roles
+            .iter()
+            .map(|s| SystemRole::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let token = self
+            .blocking(move |s| {
+                s.create_token(roles, ttl(r.ttl_seconds), Some(r.value.clone()), r.labels.clone().into_iter().collect())
+            })
+            .await?;
+        Ok(Response::new(CreateTokenResponse {
+            token: token.token().to_string(),
+            expires_unix: token.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "Heartbeat")?;
+        let r = req.into_inner();
+        if id.name != r.host_id {
+            return Err(Status::permission_denied(format!(
+                "host {} may not heartbeat for host {}",
+                id.name, r.host_id
+            )));
+        }
+        let wants_kind = if id.has_system_role(system_role::PROXY) { "proxy" } else { "node" };
+        if r.kind != wants_kind {
+            return Err(Status::permission_denied(format!("a {wants_kind} may not announce itself as a {}", r.kind)));
+        }
+        self.blocking(move |s| s.heartbeat(&r)).await?;
+        Ok(Response::new(HeartbeatResponse { cas: Some(self.state.cert_authorities()?) }))
+    }
+
+    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        self.require(&req, &[system_role::PROXY, system_role::ADMIN], "ListNodes")?;
+        let r = req.into_inner();
+        let cas = vec![self.state.tls_ca.cert_pem().to_string()];
+        let user = verify_client_cert(&r.user_tls_cert, &cas)
+            .map_err(|e| Status::unauthenticated(format!("user certificate rejected: {e}; run 'tsh login'")))?;
+        if !user.has_system_role(system_role::USER) {
+            return Err(Status::permission_denied("not a user certificate"));
+        }
+        let want: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        let nodes = self.blocking(move |s| s.nodes_visible_to(&user)).await?;
+        let cluster = self.state.cluster_name.clone();
+        let nodes = nodes
+            .into_iter()
+            .filter(|n| want.iter().all(|(k, v)| n.metadata.labels.get(k) == Some(v)))
+            .map(|n| to_proto_node(n, &cluster))
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn resolve_node(&self, req: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
+        self.require(&req, &[system_role::PROXY], "ResolveNode")?;
+        let r = req.into_inner();
+        let node = self.blocking(move |s| s.resolve_node(&r.host, r.port)).await?;
+        Ok(Response::new(ResolveNodeResponse { node: Some(to_proto_node(node, &self.state.cluster_name)) }))
+    }
+
+    async fn authorize_ssh(&self, req: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "AuthorizeSsh")?;
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |s| {
+                if id.has_system_role(system_role::NODE) {
+                    s.authorize_ssh(&r, Asker::Node { host_id: &id.name })
+                } else {
+                    s.authorize_ssh(&r, Asker::Proxy)
+                }
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn emit_audit_event(&self, req: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "EmitAuditEvent")?;
+        let r = req.into_inner();
+        let mut v: serde_json::Value = serde_json::from_str(&r.event_json)
+            .map_err(|e| Status::invalid_argument(format!("audit event is not JSON: {e}")))?;
+        let obj = v.as_object_mut().ok_or_else(|| Status::invalid_argument("audit event must be a JSON object"))?;
+        let event = obj
+            .remove("event")
+            .and_then(|e| e.as_str().map(str::to_string))
+            .ok_or_else(|| Status::invalid_argument("audit event needs an \"event\" field"))?;
+        obj.insert("server_id".into(), serde_json::json!(id.name));
+        self.state.audit.emit(&event, v);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn search_audit_events(&self, req: Request<SearchAuditEventsRequest>) -> Result<Response<SearchAuditEventsResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "SearchAuditEvents")?;
+        let r = req.into_inner();
+        let events = self.blocking(move |s| s.audit.search(&r.event_type, r.limit as usize)).await?;
+        Ok(Response::new(SearchAuditEventsResponse { events_json: events.iter().map(|e| e.to_string()).collect() }))
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "Status")?;
+        let s = &self.state;
+        let pin = portcullis_pki::x509::ca_pin(s.tls_ca.cert_pem()).map_err(AuthError::from)?;
+        let nodes = s.list_nodes()?.len() as u32;
+        let users = s.list_users()?.len() as u32;
+        Ok(Response::new(StatusResponse {
+            cluster_name: s.cluster_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ca_fingerprints: vec![
+                format!("user SSH CA {}", portcullis_pki::ssh::fingerprint(s.user_ca.public_key())),
+                format!("host SSH CA {}", portcullis_pki::ssh::fingerprint(s.host_ca.public_key())),
+                format!("TLS CA {pin}"),
+            ],
+            nodes,
+            users,
+            ca_pin: pin,
+        }))
+    }
+}
+
+fn to_proto_node(n: portcullis_types::Node, cluster: &str) -> Node {
+    Node {
+        id: n.metadata.name,
+        hostname: n.spec.hostname,
+        addr: n.spec.addr,
+        labels: n.metadata.labels.into_iter().collect(),
+        expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        cluster: cluster.to_string(),
+        tunnel: n.spec.use_tunnel,
+    }
+}

@@ -1,0 +1,83 @@
+//! The Portcullis auth service: the cluster's certificate authorities, users, roles,
+//! tokens, nodes and audit log, served over mutual-TLS gRPC.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod audit;
+pub mod error;
+pub mod grpc;
+pub mod nodes;
+pub mod resources;
+pub mod state;
+pub mod tokens;
+pub mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::AuthSettings;
+use portcullis_proto::auth::auth_server::AuthServer;
+use portcullis_storage::SledBackend;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use error::AuthError;
+pub use state::AuthState;
+
+/// Largest gRPC message accepted; bigger ones are refused with a clear status.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where `tctl` finds its identity on the auth host.
+pub fn admin_identity_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("admin-identity.json")
+}
+
+/// Runs the auth service on `listener` until `shutdown` resolves.
+pub async fn run(
+    settings: AuthSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AuthError> {
+    let data_dir = settings.common.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| AuthError::io(format!("creating data_dir {}", data_dir.display()), e))?;
+    let backend = SledBackend::open(&data_dir.join("backend"))?;
+    let state = Arc::new(AuthState::open(&settings, Arc::new(backend))?);
+    state.write_admin_identity(&admin_identity_path(&data_dir))?;
+    let (cert, key) = state.server_identity(&[settings.common.nodename.clone()])?;
+    let ca = vec![state.tls_ca.cert_pem().to_string()];
+    let tls = portcullis_rpc::server::server_tls(&cert, key.expose(), &ca, &ca);
+
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                match tokio::task::spawn_blocking(move || s.sweep_expired()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "swept expired records"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired records failed"),
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let addr = listener.local_addr().map_err(|e| AuthError::io("reading the listen address", e))?;
+    tracing::info!(cluster = %state.cluster_name, %addr, "auth service is listening");
+    let service = AuthServer::new(grpc::AuthService::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    sweeper.abort();
+    state.backend.flush()?;
+    tracing::info!("auth service stopped");
+    Ok(result?)
+}

@@ -1,0 +1,41 @@
+//! `portcullis-auth`: the cluster's auth service.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis_config::{AuthSettings, CommonFlags};
+
+#[derive(Parser)]
+#[command(name = "portcullis-auth", about = "Portcullis auth service: the cluster CA and state")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the auth service.
+    Start(CommonFlags),
+    /// Print a commented sample configuration.
+    Configure,
+    /// Print the version.
+    Version,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Configure => print!("{}", portcullis_config::sample::sample("auth")),
+        Command::Version => println!("portcullis-auth v{}", env!("CARGO_PKG_VERSION")),
+        Command::Start(flags) => {
+            let settings = AuthSettings::load(&flags)?;
+            portcullis_rpc::telemetry::init_logging(&settings.common.log);
+            portcullis_rpc::install_crypto_provider();
+            let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+            portcullis_auth::run(settings, listener, portcullis_rpc::telemetry::shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Users, roles, password logins and user certificates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use portcullis_pki::ssh::{self, UserCertRequest};
+use portcullis_pki::x509::{TlsCertRequest, system_role};
+use portcullis_pki::Secret;
+use portcullis_proto::auth::UserCerts;
+use portcullis_storage::BackendExt;
+use portcullis_types::{AccessChecker, Role, User, preset_roles};
+use serde_json::json;
+
+use crate::error::AuthError;
+use crate::state::AuthState;
+
+/// Certificates are valid this long unless asked otherwise (SPEC §6).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Without a role's `max_session_ttl`, no certificate outlives this.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(30 * 3600);
+/// Passwords shorter than this are refused.
+const MIN_PASSWORD_LEN: usize = 6;
+
+fn role_key(name: &str) -> String {
+    format!("roles/{name}")
+}
+fn user_key(name: &str) -> String {
+    format!("users/{name}")
+}
+fn password_key(name: &str) -> String {
+    format!("passwords/{name}")
+}
+
+/// What a user is issued certificates for.
+pub struct CertParams<'a> {
+    pub username: &'a str,
+    pub ssh_public_key: &'a str,
+    pub tls_public_key: &'a [u8],
+    pub ttl: Option<Duration>,
+    pub route_to_cluster: &'a str,
+}
+
+impl AuthState {
+    pub(crate) fn ensure_preset_roles(&self) -> Result<(), AuthError> {
+        for role in preset_roles() {
+            let key = role_key(role.name());
+            if self.backend.get(&key)?.is_none() {
+                self.backend.put_json(&key, &role)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get_role(&self, name: &str) -> Result<Option<Role>, AuthError> {
+        Ok(self.backend.get_json(&role_key(name))?)
+    }
+
+    pub fn put_role(&self, role: &Role) -> Result<(), AuthError> {
+        Ok(self.backend.put_json(&role_key(role.name()), role)?)
+    }
+
+    pub fn list_roles(&self) -> Result<Vec<Role>, AuthError> {
+        Ok(self.backend.list_json("roles/")?)
+    }
+
+    pub fn delete_role(&self, name: &str) -> Result<bool, AuthError> {
+        Ok(self.backend.delete(&role_key(name))?)
+    }
+
+    /// Role definitions for names; names with no role are skipped (a deleted role grants
+    /// nothing) and logged.
+    pub fn roles_named(&self, names: &[String]) -> Result<Vec<Role>, AuthError> {
+        let mut out = Vec::new();
+        for n in names {
+            match self.get_role(n)? {
+                Some(r) => out.push(r),
+                None => tracing::debug!(role = %n, "role does not exist; it grants nothing"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_user(&self, name: &str) -> Result<Option<User>, AuthError> {
+        Ok(self.backend.get_json(&user_key(name))?)
+    }
+
+    pub fn put_user(&self, user: &User) -> Result<(), AuthError> {
+        for r in &user.spec.roles {
+            if self.get_role(r)?.is_none() {
+                return Err(AuthError::bad(format!("user {:?}: role {r:?} does not exist", user.name())));
+            }
+        }
+        Ok(self.backend.put_json(&user_key(user.name()), user)?)
+    }
+
+    pub fn list_users(&self) -> Result<Vec<User>, AuthError> {
+        Ok(self.backend.list_json("users/")?)
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<bool, AuthError> {
+        self.backend.delete(&password_key(name))?;
+        Ok(self.backend.delete(&user_key(name))?)
+    }
+
+    /// Stores an argon2 hash of the password. CPU-heavy: call from a blocking task.
+    pub fn set_password(&self, username: &str, password: &Secret<String>) -> Result<(), AuthError> {
+        if self.get_user(username)?.is_none() {
+            return Err(AuthError::NotFound(format!("user {username:?} does not exist")));
+        }
+        if password.expose().chars().count() < MIN_PASSWORD_LEN {
+            return Err(AuthError::bad(format!("password must be at least {MIN_PASSWORD_LEN} characters")));
+        }
+        let salt = SaltString::encode_b64(&portcullis_pki::random_bytes::<16>()?)
+            .map_err(|e| AuthError::Internal(format!("making a password salt: {e}")))?;
+        let hash = Argon2::default()
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map_err(|e| AuthError::Internal(format!("hashing the password: {e}")))?
+            .to_string();
+        self.backend.put_json(&password_key(username), &hash)?;
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    /// Checks a password; the error never says whether the user exists. CPU-heavy.
+    pub fn check_password(&self, username: &str, password: &Secret<String>) -> Result<User, AuthError> {
+        let invalid = || AuthError::Unauthenticated("invalid username or password".into());
+        let user = self.get_user(username)?.ok_or_else(invalid)?;
+        let hash: String = self.backend.get_json(&password_key(username))?.ok_or_else(invalid)?;
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| AuthError::Internal(format!("stored password hash of {username:?} is corrupt: {e}")))?;
+        Argon2::default()
+            .verify_password(password.expose().as_bytes(), &parsed)
+            .map_err(|_| invalid())?;
+        Ok(user)
+    }
+
+    /// Password login: audited whether it succeeds or not.
+    pub fn login(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+        params: CertParams<'_>,
+        remote_addr: &str,
+    ) -> Result<UserCerts, AuthError> {
+        let user = match self.check_password(username, password) {
+            Ok(u) => u,
+            Err(e) => {
+                self.audit.emit(
+                    "user.login",
+                    json!({"user": username, "success": false, "method": "local", "error": e.to_string(), "remote_addr": remote_addr}),
+                );
+                return Err(e);
+            }
+        };
+        let certs = self.user_certs(&user, params)?;
+        self.audit.emit(
+            "user.login",
+            json!({"user": username, "success": true, "method": "local", "remote_addr": remote_addr}),
+        );
+        Ok(certs)
+    }
+
+    /// SSH and TLS certificates for `user`, principals and TTL from its roles.
+    pub fn user_certs(&self, user: &User, params: CertParams<'_>) -> Result<UserCerts, AuthError> {
+        let roles = self.roles_named(&user.spec.roles)?;
+        let traits: BTreeMap<String, Vec<String>> = user.spec.traits.clone();
+        let checker = AccessChecker::new(roles, traits.clone());
+        let mut ttl = params.ttl.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_CERT_TTL);
+        ttl = ttl.min(checker.max_session_ttl().unwrap_or(MAX_CERT_TTL));
+        let route = if params.route_to_cluster.is_empty() { self.cluster_name.as_str() } else { params.route_to_cluster };
+        if route != self.cluster_name {
+            // Leaf clusters arrive with the trusted-clusters feature.
+            return Err(AuthError::NotFound(format!("cluster {route:?} is not found")));
+        }
+        let public_key = ssh::parse_public_key(params.ssh_public_key)
+            .map_err(|e| AuthError::bad(format!("bad SSH public key: {e}")))?;
+        let role_names = checker.role_names();
+        let ssh_cert = self.user_ca.sign_user_cert(&UserCertRequest {
+            public_key,
+            username: user.name().to_string(),
+            principals: checker.logins(),
+            ttl,
+            roles: role_names.clone(),
+            traits: traits.clone(),
+            route_to_cluster: route.to_string(),
+            permit_port_forwarding: checker.port_forwarding(),
+            permit_agent_forwarding: checker.forward_agent(),
+        })?;
+        let tls_cert_pem = self.issue_tls(TlsCertRequest {
+            public_key_der: params.tls_public_key.to_vec(),
+            name: user.name().to_string(),
+            system_roles: vec![system_role::USER.into()],
+            roles: role_names,
+            traits,
+            route_to_cluster: route.to_string(),
+            dns_names: vec![],
+            ttl,
+        })?;
+        Ok(UserCerts {
+            username: user.name().to_string(),
+            ssh_cert: ssh_cert.to_openssh().map_err(portcullis_pki::PkiError::from)?,
+            tls_cert_pem,
+            cas: Some(self.cert_authorities()?),
+            cluster_name: self.cluster_name.clone(),
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! Announces the node to the auth service every few seconds and picks up the current set
+//! of trusted user CAs from each answer (trusted clusters come and go).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use portcullis_pki::ssh::{fingerprint, parse_public_key};
+use portcullis_proto::auth::HeartbeatRequest;
+use portcullis_proto::auth::auth_client::AuthClient;
+use russh::keys::PublicKey;
+use tonic::transport::Channel;
+
+/// Time between heartbeats.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The trusted user CA keys, shared by the heartbeat (writer) and every connection (readers).
+pub type UserCas = Arc<RwLock<Vec<PublicKey>>>;
+
+/// What the node announces.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub host_id: String,
+    pub hostname: String,
+    pub addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+}
+
+/// Parses authorized_keys lines, skipping (and logging) the unreadable ones.
+pub fn parse_cas(lines: &[String]) -> Vec<PublicKey> {
+    lines
+        .iter()
+        .filter_map(|l| match parse_public_key(l) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("ignoring an unreadable user CA key: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Runs the heartbeat loop forever: the first beat at once, then every [`INTERVAL`].
+pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas) {
+    let mut ticker = tokio::time::interval(INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let labels: HashMap<String, String> = info.labels.clone().into_iter().collect();
+    loop {
+        ticker.tick().await;
+        let req = HeartbeatRequest {
+            kind: "node".into(),
+            host_id: info.host_id.clone(),
+            hostname: info.hostname.clone(),
+            addr: info.addr.clone(),
+            labels: labels.clone(),
+            version: info.version.clone(),
+            tunnel_addr: String::new(),
+        };
+        let mut c = client.clone();
+        match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(req)).await {
+            Ok(Ok(resp)) => {
+                tracing::debug!("heartbeat sent");
+                if let Some(authorities) = resp.into_inner().cas {
+                    update_cas(&cas, &authorities.ssh_user_ca);
+                }
+            }
+            Ok(Err(status)) => tracing::warn!("heartbeat to the auth service failed: {}", status.message()),
+            Err(_) => tracing::warn!("heartbeat to the auth service failed: no answer in {CALL_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Replaces the trusted set. An empty answer keeps the old set: it can only come from a
+/// broken auth service, and trusting nothing would lock every user out.
+fn update_cas(cas: &UserCas, lines: &[String]) {
+    let new = parse_cas(lines);
+    if new.is_empty() {
+        return;
+    }
+    let fps = |keys: &[PublicKey]| keys.iter().map(fingerprint).collect::<Vec<_>>();
+    let mut current = cas.write().unwrap_or_else(PoisonError::into_inner);
+    if fps(&current) != fps(&new) {
+        tracing::info!(cas = ?fps(&new), "trusted user CAs changed");
+        *current = new;
+    }
+}

@@ -1,0 +1,234 @@
+//! The Portcullis node: an SSH server for one host that trusts the cluster's user CA, asks
+//! the auth service for every login decision, and announces itself with heartbeats.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod backend;
+pub mod error;
+pub mod heartbeat;
+mod pty_modes;
+pub mod server;
+pub mod session;
+pub mod users;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use portcullis_config::NodeSettings;
+use portcullis_pki::Identity;
+use portcullis_pki::ssh::{parse_certificate, parse_private_key};
+use portcullis_pki::x509::AUTH_SERVER_NAME;
+use portcullis_proto::auth::auth_client::AuthClient;
+use portcullis_rpc::{ClientTls, connect_lazy};
+use russh::{MethodKind, MethodSet, SshId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::NodeError;
+
+use crate::audit::Auditor;
+use crate::backend::AuthBackend;
+use crate::heartbeat::Announcement;
+use crate::server::{Connection, NodeContext};
+
+/// Version announced in heartbeats and the SSH banner.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a client may take to send its SSH version line.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to close when the node stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The host part of `host:port` (`[v6]:port` too); the whole string when it has no port.
+fn host_of(addr: &str) -> String {
+    let a = addr.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h.to_string(),
+        _ => a.to_string(),
+    }
+}
+
+/// The address clients and proxies should dial: 127.0.0.1 stands for a wildcard bind.
+pub fn advertised_addr(public_addr: Option<&str>, local: SocketAddr) -> String {
+    match public_addr {
+        Some(a) => a.to_string(),
+        None if local.ip().is_unspecified() => format!("127.0.0.1:{}", local.port()),
+        None => local.to_string(),
+    }
+}
+
+/// Extra principals for the host certificate: the addresses the node is reached at.
+pub fn host_principals(settings: &NodeSettings, local: SocketAddr) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(a) = &settings.public_addr {
+        out.push(host_of(a));
+    }
+    let ip = local.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        out.push("127.0.0.1".into());
+        out.push("localhost".into());
+        if ip.is_ipv6() {
+            out.push("::1".into());
+        }
+    } else {
+        out.push(ip.to_string());
+    }
+    out.push(settings.common.nodename.clone());
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|p| !p.is_empty() && seen.insert(p.clone()));
+    out
+}
+
+/// The SSH server configuration: the node's host key and host certificate, public keys
+/// (certificates) as the only login method.
+pub fn ssh_config(id: &Identity) -> Result<russh::server::Config, NodeError> {
+    let key = parse_private_key(id.ssh_private_key.expose())?;
+    let cert = parse_certificate(&id.ssh_cert)?;
+    Ok(russh::server::Config {
+        server_id: SshId::Standard(Cow::Owned(format!("SSH-2.0-Portcullis_{VERSION}"))),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(200),
+        // OpenSSH probes with "none" first; answering it at once costs nothing.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        certificates: vec![cert],
+        // Idle shells are normal; dead peers are found by keepalives instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Runs the node on `listener` until `shutdown` completes: joins the cluster (or loads the
+/// identity kept from an earlier join), heartbeats to the auth service, and serves SSH.
+pub async fn run(
+    settings: NodeSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let local = listener.local_addr()?;
+    let principals = host_principals(&settings, local);
+    let id = portcullis_rpc::join::join_or_load(&settings.common, "node", &principals).await?;
+    let auth_addr = settings.common.auth_servers.first().ok_or(NodeError::NoAuthServer)?;
+    let auth = AuthClient::new(connect_lazy(auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
+    let config = Arc::new(ssh_config(&id)?);
+    let nodename =
+        if settings.common.nodename.is_empty() { id.nodename.clone() } else { settings.common.nodename.clone() };
+    let user_cas = Arc::new(RwLock::new(heartbeat::parse_cas(&id.ssh_user_cas)));
+    let backend: Arc<dyn AuthBackend> = Arc::new(auth.clone());
+    let ctx = Arc::new(NodeContext {
+        nodename: nodename.clone(),
+        node_id: id.name.clone(),
+        auth: backend.clone(),
+        audit: Auditor::new(backend),
+        user_cas: user_cas.clone(),
+    });
+    let announcement = Announcement {
+        host_id: id.name.clone(),
+        hostname: nodename.clone(),
+        addr: advertised_addr(settings.public_addr.as_deref(), local),
+        labels: settings.common.labels.clone(),
+        version: VERSION.to_string(),
+    };
+    let beat = tokio::spawn(heartbeat::run(auth, announcement, user_cas));
+    tracing::info!(node = %nodename, host_id = %id.name, cluster = %id.cluster_name, "SSH service listening on {local}");
+    serve_ssh(listener, config, ctx, shutdown).await;
+    beat.abort();
+    tracing::info!("SSH service stopped");
+    Ok(())
+}
+
+/// Accepts SSH connections on `listener` until `shutdown` completes, then disconnects the
+/// open ones. [`run`] calls it; tests call it directly with a stand-in [`AuthBackend`].
+pub async fn serve_ssh(
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    ctx: Arc<NodeContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    conns.spawn(serve(socket, peer, config.clone(), ctx.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait for some to be released.
+                    tracing::warn!("accepting an SSH connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+}
+
+/// Serves one SSH connection until it ends or the node stops.
+async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    config: Arc<russh::server::Config>,
+    ctx: Arc<NodeContext>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let handler = Connection::new(ctx, peer.to_string());
+    let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, socket, handler)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("SSH connection from {peer} failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("SSH connection from {peer} sent no version line in time");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::select! {
+        result = session => {
+            if let Err(e) = result {
+                tracing::debug!("SSH connection from {peer} ended: {e}");
+            }
+        }
+        () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "the node is shutting down".into(), "en".into())
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_advertised_addresses() {
+        assert_eq!(host_of("10.0.5.2:3022"), "10.0.5.2");
+        assert_eq!(host_of("[::1]:3022"), "::1");
+        assert_eq!(host_of("node.example.com"), "node.example.com");
+        let wild: SocketAddr = "0.0.0.0:4022".parse().unwrap();
+        assert_eq!(advertised_addr(None, wild), "127.0.0.1:4022");
+        assert_eq!(advertised_addr(Some("n:3022"), wild), "n:3022");
+        let bound: SocketAddr = "10.1.2.3:3022".parse().unwrap();
+        assert_eq!(advertised_addr(None, bound), "10.1.2.3:3022");
+    }
+}

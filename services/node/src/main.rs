@@ -1,0 +1,65 @@
+//! `portcullis-node`: parses flags, binds the SSH listener and runs the node library.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis_config::{CommonFlags, NodeSettings};
+
+#[derive(Parser)]
+#[command(name = "portcullis-node", about = "Portcullis node: the SSH server of one host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the node's SSH service.
+    Start(StartArgs),
+    /// Print a commented sample configuration.
+    Configure,
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    #[command(flatten)]
+    common: CommonFlags,
+    /// SSH listen address (ssh_service.listen_addr).
+    #[arg(long = "listen-addr")]
+    listen_addr: Option<std::net::SocketAddr>,
+    /// Address clients and proxies dial, host[:port] (ssh_service.public_addr).
+    #[arg(long = "public-addr")]
+    public_addr: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Configure => print!("{}", portcullis_config::sample::sample("node")),
+        Command::Version => println!("portcullis-node v{}", env!("CARGO_PKG_VERSION")),
+        Command::Start(args) => start(args).await?,
+    }
+    Ok(())
+}
+
+async fn start(args: StartArgs) -> anyhow::Result<()> {
+    use portcullis_config::ports;
+    use portcullis_config::settings::with_default_port;
+    let mut settings = NodeSettings::load(&args.common)?;
+    if let Some(a) = args.listen_addr {
+        settings.listen_addr = a;
+    }
+    if let Some(a) = args.public_addr {
+        settings.public_addr = Some(with_default_port(&a, ports::NODE_SSH));
+    }
+    portcullis_rpc::telemetry::init_logging(&settings.common.log);
+    portcullis_rpc::install_crypto_provider();
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen for SSH on {}", settings.listen_addr))?;
+    portcullis_node::run(settings, listener, portcullis_rpc::telemetry::shutdown_signal()).await?;
+    Ok(())
+}

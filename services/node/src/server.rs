@@ -1,0 +1,434 @@
+//! The SSH side of the node: one [`Connection`] handler per client, which checks the user
+//! certificate, asks the auth service for the RBAC decision, and runs session channels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use portcullis_pki::ssh::verify_user_cert;
+use portcullis_pki::unix_now;
+use portcullis_proto::auth::AuthorizeSshRequest;
+use russh::keys::Certificate;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Pty, Sig};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::NodeError;
+use crate::audit::Auditor;
+use crate::backend::AuthBackend;
+use crate::heartbeat::UserCas;
+use crate::session::{self, Input, ProcessSpec, PtyParams, env_allowed};
+use crate::users;
+
+/// How long the node waits for the auth service's decision before refusing the login.
+const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client input queued for a process before the connection waits for it to read.
+const INPUT_QUEUE: usize = 64;
+/// Client environment variables kept per channel, against memory abuse.
+const MAX_ENV_VARS: usize = 128;
+
+/// What every connection of this node shares.
+pub struct NodeContext {
+    pub nodename: String,
+    pub node_id: String,
+    pub auth: Arc<dyn AuthBackend>,
+    pub audit: Auditor,
+    pub user_cas: UserCas,
+}
+
+/// The user the auth service let in on this connection.
+#[derive(Debug, Clone)]
+struct Authorized {
+    username: String,
+    login: String,
+    roles: Vec<String>,
+    #[allow(dead_code)] // kept for port forwarding, which the node refuses for now
+    port_forwarding: bool,
+}
+
+/// A session channel: its settings until a process starts, then the process's handles.
+struct ChannelState {
+    /// Taken by the process task when the shell or command starts.
+    writer: Option<ChannelWriteHalf<Msg>>,
+    pty: Option<PtyParams>,
+    env: Vec<(String, String)>,
+    input: Option<mpsc::Sender<Input>>,
+    /// Dropped with the channel or the connection, which hangs the process up.
+    _hangup: Option<oneshot::Sender<()>>,
+}
+
+/// The handler of one SSH connection.
+pub struct Connection {
+    ctx: Arc<NodeContext>,
+    remote_addr: String,
+    user: Option<Authorized>,
+    channels: HashMap<ChannelId, ChannelState>,
+}
+
+impl Connection {
+    pub fn new(ctx: Arc<NodeContext>, remote_addr: String) -> Self {
+        Connection { ctx, remote_addr, user: None, channels: HashMap::new() }
+    }
+
+    fn audit_auth_failure(&self, username: &str, login: &str, reason: &str) {
+        self.ctx.audit.emit(json!({
+            "event": "auth",
+            "success": false,
+            "user": username,
+            "login": login,
+            "node": self.ctx.nodename,
+            "node_id": self.ctx.node_id,
+            "remote_addr": self.remote_addr,
+            "reason": reason,
+            "source": "node",
+        }));
+    }
+
+    /// Starts the login's shell (`command` none) or command on `channel`.
+    async fn start(&mut self, channel: ChannelId, command: Option<String>, session: &mut Session) -> Result<(), NodeError> {
+        let (Some(user), Some(state)) = (self.user.clone(), self.channels.get_mut(&channel)) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let Some(writer) = state.writer.take() else {
+            // One shell or command per channel (RFC 4254 §6.5).
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let ctx = &self.ctx;
+        let login_user = match users::resolve(&user.login, &ctx.nodename) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(user = %user.username, login = %user.login, "session refused: {e}");
+                return fail_channel(session, channel, &e.to_string());
+            }
+        };
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let mut env = state.env.clone();
+        env.push(("SSH_SESSION_ID".into(), session_id.clone()));
+        env.push(("SSH_TELEPORT_USER".into(), user.username.clone()));
+        env.push(("SSH_TELEPORT_HOST_UUID".into(), ctx.node_id.clone()));
+        let spec = ProcessSpec { user: &login_user, command: command.as_deref(), env: &env, pty: state.pty.as_ref() };
+        let process = match session::spawn(&spec) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(login = %user.login, "cannot start the session: {e}");
+                return fail_channel(session, channel, &e.to_string());
+            }
+        };
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (hangup_tx, hangup_rx) = oneshot::channel::<()>();
+        state.input = Some(input_tx);
+        state._hangup = Some(hangup_tx);
+
+        let mut base = json!({
+            "user": user.username,
+            "login": user.login,
+            "roles": user.roles,
+            "node": ctx.nodename,
+            "node_id": ctx.node_id,
+            "session_id": session_id,
+            "remote_addr": self.remote_addr,
+        });
+        let mut start = base.clone();
+        start["event"] = "session.start".into();
+        start["interactive"] = process.has_pty().into();
+        if let Some(c) = &command {
+            start["command"] = c.clone().into();
+        }
+        ctx.audit.emit(start);
+        tracing::info!(user = %user.username, login = %user.login, session_id = %session_id, "session started");
+
+        let audit = ctx.audit.clone();
+        tokio::spawn(async move {
+            let out = writer.make_writer();
+            let err = writer.make_writer_ext(Some(1));
+            let hangup = async {
+                let _ = hangup_rx.await;
+            };
+            let code = match process.run(input_rx, out, err, hangup).await {
+                Ok(exit) => exit.code,
+                Err(e) => {
+                    tracing::warn!("waiting for the session process: {e}");
+                    255
+                }
+            };
+            // All output went through `writer` before this point, so it reaches the client
+            // ahead of the exit status (same ordered queue).
+            let _ = writer.exit_status(code).await;
+            let _ = writer.eof().await;
+            let _ = writer.close().await;
+            base["exit_code"] = code.into();
+            if let Some(c) = command {
+                let mut exec = base.clone();
+                exec["event"] = "exec".into();
+                exec["command"] = c.into();
+                audit.emit(exec);
+            }
+            base["event"] = "session.end".into();
+            tracing::info!(session_id = %base["session_id"].as_str().unwrap_or(""), code, "session ended");
+            audit.emit(base);
+        });
+        Ok(())
+    }
+
+    fn input_sender(&self, channel: ChannelId) -> Option<mpsc::Sender<Input>> {
+        self.channels.get(&channel).and_then(|s| s.input.clone())
+    }
+}
+
+/// Tells the client why its session cannot run (on stderr, as sshd does) and ends it
+/// with exit status 1.
+fn fail_channel(session: &mut Session, channel: ChannelId, reason: &str) -> Result<(), NodeError> {
+    session.extended_data(channel, 1, format!("portcullis: {reason}\r\n").into_bytes())?;
+    session.exit_status_request(channel, 1)?;
+    session.eof(channel)?;
+    session.close(channel)?;
+    Ok(())
+}
+
+fn clamp16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(s) => s.as_str(),
+    }
+    .to_string()
+}
+
+impl russh::server::Handler for Connection {
+    type Error = NodeError;
+
+    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
+        let cas = self.ctx.user_cas.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let key_id = certificate.key_id().to_string();
+        if let Err(e) = verify_user_cert(certificate, &cas, unix_now()) {
+            tracing::info!(user = %key_id, login = %user, remote = %self.remote_addr, "certificate refused: {e}");
+            self.audit_auth_failure(&key_id, user, &e.to_string());
+            return Ok(Auth::reject());
+        }
+        let ssh_cert = match certificate.to_openssh() {
+            Ok(c) => c,
+            Err(e) => {
+                self.audit_auth_failure(&key_id, user, &format!("unreadable certificate: {e}"));
+                return Ok(Auth::reject());
+            }
+        };
+        let req = AuthorizeSshRequest {
+            ssh_cert,
+            login: user.to_string(),
+            node: String::new(),
+            source: "node".into(),
+            remote_addr: self.remote_addr.clone(),
+        };
+        let decision = match tokio::time::timeout(AUTHORIZE_TIMEOUT, self.ctx.auth.authorize_ssh(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(status)) => {
+                // Fail closed: no decision from auth means no login.
+                tracing::warn!(user = %key_id, login = %user, "cannot ask the auth service about the login: {}", status.message());
+                self.audit_auth_failure(&key_id, user, &format!("authorization failed: {}", status.message()));
+                return Ok(Auth::reject());
+            }
+            Err(_) => {
+                tracing::warn!(user = %key_id, login = %user, "the auth service did not answer the authorization request");
+                self.audit_auth_failure(&key_id, user, "authorization failed: the auth service did not answer");
+                return Ok(Auth::reject());
+            }
+        };
+        if !decision.allowed {
+            // The auth service has audited the refusal with its reason.
+            tracing::info!(user = %key_id, login = %user, "login refused: {}", decision.reason);
+            return Ok(Auth::reject());
+        }
+        let username = if decision.username.is_empty() { key_id } else { decision.username };
+        tracing::info!(user = %username, login = %user, roles = ?decision.roles, remote = %self.remote_addr, "login accepted");
+        self.user = Some(Authorized {
+            username,
+            login: user.to_string(),
+            roles: decision.roles,
+            port_forwarding: decision.port_forwarding,
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.user.is_none() {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        let id = channel.id();
+        // Input arrives through the handler callbacks; the read half would only queue copies.
+        let (_read, writer) = channel.split();
+        self.channels.insert(
+            id,
+            ChannelState { writer: Some(writer), pty: None, env: Vec::new(), input: None, _hangup: None },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!("refusing port forwarding to {host_to_connect}:{port_to_connect}: not supported by the node");
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        // Dropping the state hangs up a process that is still running.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.input_sender(channel) {
+            let _ = tx.send(Input::Eof).await;
+        }
+        Ok(())
+    }
+
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.input_sender(channel) {
+            let _ = tx.send(Input::Data(data.to_vec())).await;
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(state) if state.writer.is_some() => {
+                state.pty = Some(PtyParams {
+                    term: term.to_string(),
+                    cols: clamp16(col_width),
+                    rows: clamp16(row_height),
+                    pix_width: clamp16(pix_width),
+                    pix_height: clamp16(pix_height),
+                    modes: modes.to_vec(),
+                });
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(state) if state.writer.is_some() && env_allowed(name) && state.env.len() < MAX_ENV_VARS => {
+                state.env.retain(|(k, _)| k != name);
+                state.env.push((name.to_string(), value.to_string()));
+                session.channel_success(channel)?;
+            }
+            _ => {
+                tracing::debug!("refusing environment variable {name:?}");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        self.start(channel, None, session).await
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.start(channel, Some(command), session).await
+    }
+
+    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        tracing::debug!("refusing subsystem {name:?}: not supported by the node");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (cols, rows, pw, ph) = (clamp16(col_width), clamp16(row_height), clamp16(pix_width), clamp16(pix_height));
+        let Some(state) = self.channels.get_mut(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if let Some(p) = state.pty.as_mut() {
+            (p.cols, p.rows, p.pix_width, p.pix_height) = (cols, rows, pw, ph);
+        }
+        let tx = state.input.clone();
+        session.channel_success(channel)?;
+        if let Some(tx) = tx {
+            let _ = tx.send(Input::Resize { cols, rows, pix_width: pw, pix_height: ph }).await;
+        }
+        Ok(())
+    }
+
+    async fn signal(&mut self, channel: ChannelId, signal: Sig, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.input_sender(channel) {
+            let _ = tx.send(Input::Signal(signal_name(&signal))).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! Portcullis proxy: the HTTPS web API, the SSH front door to nodes, and (later) the
+//! reverse-tunnel server for leaf clusters.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod heartbeat;
+pub mod route;
+pub mod ssh;
+pub mod state;
+pub mod web;
+#[cfg(test)]
+mod testutil;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::ProxySettings;
+use portcullis_pki::x509::AUTH_SERVER_NAME;
+use portcullis_proto::auth::auth_client::AuthClient;
+use portcullis_rpc::ClientTls;
+use portcullis_rpc::join::join_or_load;
+use tokio::sync::watch;
+
+pub use error::ProxyError;
+pub use state::ProxyState;
+
+/// The sockets the proxy serves, bound by the caller (so tests can use port 0).
+pub struct ProxyListeners {
+    /// HTTPS web API.
+    pub web: std::net::TcpListener,
+    /// SSH front door.
+    pub ssh: tokio::net::TcpListener,
+    /// Reverse-tunnel server; held but not served yet.
+    pub tunnel: Option<tokio::net::TcpListener>,
+}
+
+/// How long stopping may wait for open connections.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins (or loads the identity), then serves the web API and SSH until `shutdown` resolves
+/// or a server fails.
+pub async fn run(
+    settings: ProxySettings,
+    listeners: ProxyListeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    let local = |what: &str, r: std::io::Result<SocketAddr>| {
+        r.map_err(|e| ProxyError::io(format!("reading the {what} listener address"), e))
+    };
+    let web_addr = local("web", listeners.web.local_addr())?;
+    let ssh_addr = local("SSH", listeners.ssh.local_addr())?;
+    let tunnel_addr = match &listeners.tunnel {
+        Some(l) => Some(local("tunnel", l.local_addr())?),
+        None => None,
+    };
+
+    let id = join_or_load(&settings.common, "proxy", &host_principals(&settings, ssh_addr)).await?;
+    let auth_addr = settings.common.auth_servers.first().ok_or(ProxyError::NoAuthServer)?;
+    let channel = portcullis_rpc::connect_lazy(auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?;
+    let verifier = Arc::new(web::tls::ReloadableClientVerifier::new(&id.tls_ca_pems)?);
+    let cas = state::TrustedCas {
+        ssh_user: state::parse_ssh_cas(&id.ssh_user_cas),
+        tls_pems: id.tls_ca_pems.clone(),
+    };
+    let addrs = state::Addrs {
+        web: web_addr,
+        ssh: ssh_addr,
+        tunnel: tunnel_addr,
+        tunnel_configured: settings.tunnel_listen_addr,
+        public_addr: settings.public_addr.clone(),
+        ssh_public_addr: settings.ssh_public_addr.clone(),
+        tunnel_public_addr: settings.tunnel_public_addr.clone(),
+    };
+    let state = Arc::new(ProxyState::new(
+        id.cluster_name.clone(),
+        id.name.clone(),
+        settings.common.nodename.clone(),
+        AuthClient::new(channel),
+        cas,
+        verifier.clone(),
+        addrs,
+    ));
+
+    let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
+    let web_server = web::start(state.clone(), listeners.web, tls)?;
+    let web_handle = web_server.handle();
+    let mut web_task = tokio::spawn(web_server);
+
+    let ssh_config = Arc::new(ssh::config(&id)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx));
+
+    // Kept bound so the port stays ours; the tunnel server arrives with leaf clusters.
+    let _tunnel = listeners.tunnel;
+    if let Some(addr) = tunnel_addr {
+        tracing::info!(%addr, "reverse-tunnel listener bound; leaf clusters are not served yet");
+    }
+
+    let announcement = heartbeat::Announcement {
+        hostname: settings.common.nodename.clone(),
+        addr: settings.public_addr.clone().unwrap_or_else(|| web_addr.to_string()),
+        tunnel_addr: settings
+            .tunnel_public_addr
+            .clone()
+            .or_else(|| tunnel_addr.map(|a| a.to_string()))
+            .unwrap_or_default(),
+        labels: settings.common.labels.clone(),
+    };
+    let heartbeat = tokio::spawn(heartbeat::run(state.clone(), announcement));
+
+    tracing::info!(
+        cluster = %state.cluster_name, host_id = %state.host_id, web = %web_addr, ssh = %ssh_addr,
+        "proxy started"
+    );
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("proxy shutting down");
+            Ok(())
+        }
+        r = &mut web_task => Err(ProxyError::Server {
+            server: "HTTPS",
+            reason: match r {
+                Ok(Ok(())) => "stopped unexpectedly".into(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            },
+        }),
+        r = &mut ssh_task => Err(match r {
+            Ok(Ok(())) => ProxyError::Server { server: "SSH", reason: "stopped unexpectedly".into() },
+            Ok(Err(e)) => e,
+            Err(e) => ProxyError::Server { server: "SSH", reason: e.to_string() },
+        }),
+    };
+
+    heartbeat.abort();
+    let _ = stop_tx.send(true);
+    // Stopping an already finished server returns at once, so both are always asked.
+    let _ = tokio::time::timeout(STOP_GRACE, web_handle.stop(true)).await;
+    if !web_task.is_finished() {
+        let _ = tokio::time::timeout(STOP_GRACE, &mut web_task).await;
+    }
+    if !ssh_task.is_finished() {
+        let _ = tokio::time::timeout(STOP_GRACE, &mut ssh_task).await;
+    }
+    result
+}
+
+/// `host` of `host:port`, `[v6]` of `[v6]:port`; the input itself when it has no port.
+pub(crate) fn host_of(addr: &str) -> &str {
+    if addr.starts_with('[') {
+        return match addr.find(']') {
+            Some(i) => &addr[..=i],
+            None => addr,
+        };
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => addr,
+    }
+}
+
+/// A host usable as a certificate name (IPv6 without brackets).
+fn bare_host(addr: &str) -> String {
+    host_of(addr).trim_start_matches('[').trim_end_matches(']').to_string()
+}
+
+/// Extra principals of the proxy's SSH host certificate: the names users dial it by.
+fn host_principals(settings: &ProxySettings, ssh_addr: SocketAddr) -> Vec<String> {
+    let configured = [&settings.public_addr, &settings.ssh_public_addr, &settings.tunnel_public_addr];
+    let mut out: Vec<String> = configured.into_iter().flatten().map(|a| bare_host(a)).collect();
+    out.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+    if !ssh_addr.ip().is_unspecified() {
+        out.push(ssh_addr.ip().to_string());
+    }
+    dedup(out)
+}
+
+/// Names of the self-signed HTTPS certificate.
+fn web_names(settings: &ProxySettings, web_addr: SocketAddr) -> Vec<String> {
+    let mut out = vec!["localhost".to_string(), "127.0.0.1".to_string(), settings.common.nodename.clone()];
+    if let Some(p) = &settings.public_addr {
+        out.push(bare_host(p));
+    }
+    if !web_addr.ip().is_unspecified() {
+        out.push(web_addr.ip().to_string());
+    }
+    dedup(out)
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    v.into_iter().filter(|s| !s.is_empty() && seen.insert(s.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_ports() {
+        assert_eq!(host_of("example.com:3080"), "example.com");
+        assert_eq!(host_of("example.com"), "example.com");
+        assert_eq!(host_of("[::1]:3080"), "[::1]");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(bare_host("[::1]:3080"), "::1");
+    }
+
+    #[test]
+    fn principals_cover_public_names_and_loopback() {
+        let flags = portcullis_config::CommonFlags { nodename: Some("proxy-1".into()), ..Default::default() };
+        let file = portcullis_config::FileConfig::from_yaml(
+            "proxy_service:\n  public_addr: proxy.example.com:3080\n  ssh_public_addr: ssh.example.com\n",
+        )
+        .unwrap();
+        let s = ProxySettings::from_parts(&file, &flags).unwrap();
+        let p = host_principals(&s, "0.0.0.0:3023".parse().unwrap());
+        assert_eq!(p, vec!["proxy.example.com", "ssh.example.com", "localhost", "127.0.0.1", "::1"]);
+        let n = web_names(&s, "10.0.0.9:3080".parse().unwrap());
+        assert_eq!(n, vec!["localhost", "127.0.0.1", "proxy-1", "proxy.example.com", "10.0.0.9"]);
+    }
+}

@@ -1,0 +1,116 @@
+//! `portcullis-proxy`: parses flags, binds the listeners and runs the proxy library.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis_config::{CommonFlags, ProxySettings};
+use portcullis_proxy::{ProxyListeners, run};
+
+#[derive(Parser)]
+#[command(name = "portcullis-proxy", about = "Portcullis proxy: web API, SSH front door, reverse tunnels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy.
+    Start(StartArgs),
+    /// Print a commented sample configuration.
+    Configure,
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    #[command(flatten)]
+    common: CommonFlags,
+    /// HTTPS listen address (proxy_service.web_listen_addr).
+    #[arg(long = "web-listen-addr")]
+    web_listen_addr: Option<std::net::SocketAddr>,
+    /// SSH listen address (proxy_service.listen_addr).
+    #[arg(long = "listen-addr")]
+    listen_addr: Option<std::net::SocketAddr>,
+    /// Reverse-tunnel listen address (proxy_service.tunnel_listen_addr).
+    #[arg(long = "tunnel-listen-addr")]
+    tunnel_listen_addr: Option<std::net::SocketAddr>,
+    /// Public web address, host[:port] (proxy_service.public_addr).
+    #[arg(long = "public-addr")]
+    public_addr: Option<String>,
+    /// Public SSH address, host[:port] (proxy_service.ssh_public_addr).
+    #[arg(long = "ssh-public-addr")]
+    ssh_public_addr: Option<String>,
+    /// Public reverse-tunnel address, host[:port] (proxy_service.tunnel_public_addr).
+    #[arg(long = "tunnel-public-addr")]
+    tunnel_public_addr: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Configure => print!("{}", portcullis_config::sample::sample("proxy")),
+        Command::Version => println!("portcullis-proxy v{}", env!("CARGO_PKG_VERSION")),
+        Command::Start(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(start(args))?;
+        }
+    }
+    Ok(())
+}
+
+async fn start(args: StartArgs) -> anyhow::Result<()> {
+    use portcullis_config::ports;
+    use portcullis_config::settings::with_default_port;
+    let mut settings = ProxySettings::load(&args.common)?;
+    if let Some(a) = args.web_listen_addr {
+        settings.web_listen_addr = a;
+    }
+    if let Some(a) = args.listen_addr {
+        settings.ssh_listen_addr = a;
+    }
+    if let Some(a) = args.tunnel_listen_addr {
+        settings.tunnel_listen_addr = a;
+    }
+    if let Some(a) = args.public_addr {
+        settings.public_addr = Some(with_default_port(&a, ports::PROXY_WEB));
+    }
+    if let Some(a) = args.ssh_public_addr {
+        settings.ssh_public_addr = Some(with_default_port(&a, ports::PROXY_SSH));
+    }
+    if let Some(a) = args.tunnel_public_addr {
+        settings.tunnel_public_addr = Some(with_default_port(&a, ports::PROXY_TUNNEL));
+    }
+    portcullis_rpc::telemetry::init_logging(&settings.common.log);
+    portcullis_rpc::install_crypto_provider();
+
+    let web = std::net::TcpListener::bind(settings.web_listen_addr)
+        .with_context(|| format!("cannot listen for HTTPS on {}", settings.web_listen_addr))?;
+    let ssh = tokio::net::TcpListener::bind(settings.ssh_listen_addr)
+        .await
+        .with_context(|| format!("cannot listen for SSH on {}", settings.ssh_listen_addr))?;
+    let tunnel = tokio::net::TcpListener::bind(settings.tunnel_listen_addr)
+        .await
+        .with_context(|| format!("cannot listen for reverse tunnels on {}", settings.tunnel_listen_addr))?;
+    let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel) };
+    run(settings, listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

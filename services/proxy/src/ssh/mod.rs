@@ -1,0 +1,284 @@
+//! The SSH front door: users authenticate with their cluster-signed certificate and get byte
+//! pipes (`direct-tcpip` or the `proxy:` subsystem) to nodes. The proxy never sees the
+//! end-to-end session inside those pipes.
+
+pub mod subsystem;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_pki::Identity;
+use russh::keys::Certificate;
+use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Server, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, SshId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::route::{Conn, RouteError};
+use crate::state::ProxyState;
+use crate::ProxyError;
+use subsystem::parse_proxy_subsystem;
+
+/// SSH "connect failed" reason code, sent with a readable reason.
+const CONNECT_FAILED: u32 = 2;
+/// SSH extended data type for stderr.
+const STDERR: u32 = 1;
+
+/// The russh server settings: the identity's host key and certificate, public keys only.
+pub fn config(id: &Identity) -> Result<Config, ProxyError> {
+    let key = portcullis_pki::ssh::parse_private_key(id.ssh_private_key.expose())
+        .map_err(|e| ProxyError::Identity(format!("SSH host key: {e}")))?;
+    let cert = portcullis_pki::ssh::parse_certificate(&id.ssh_cert)
+        .map_err(|e| ProxyError::Identity(format!("SSH host certificate: {e}")))?;
+    Ok(Config {
+        server_id: SshId::Standard(format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")).into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        keys: vec![key],
+        certificates: vec![cert],
+        nodelay: true,
+        // OpenSSH probes with "none" first; answering it at once saves a second per login.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // Sessions inside the pipes may idle for hours; dead clients are found by keepalives.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        ..Config::default()
+    })
+}
+
+/// Serves SSH on `listener` until `stop` turns true (or its sender goes away).
+pub async fn serve(
+    state: Arc<ProxyState>,
+    listener: TcpListener,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
+    let mut server = SshServer { state };
+    let mut running = server.run_on_socket(config, &listener);
+    let handle = running.handle();
+    let err = |e: std::io::Error| ProxyError::Server { server: "SSH", reason: e.to_string() };
+    let stopped = async move {
+        // The guard `wait_for` returns is not Send: drop it before anything else awaits.
+        let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    };
+    tokio::select! {
+        r = &mut running => return r.map_err(err),
+        _ = stopped => {}
+    }
+    handle.shutdown("the proxy is shutting down".into());
+    running.await.map_err(err)
+}
+
+struct SshServer {
+    state: Arc<ProxyState>,
+}
+
+impl Server for SshServer {
+    type Handler = SshConn;
+
+    fn new_client(&mut self, peer: Option<SocketAddr>) -> SshConn {
+        SshConn { state: self.state.clone(), peer, user: None, sessions: HashMap::new() }
+    }
+
+    fn handle_session_error(&mut self, error: russh::Error) {
+        tracing::debug!("SSH connection ended: {error}");
+    }
+}
+
+/// The authenticated user of one connection.
+#[derive(Debug, Clone)]
+struct SshUser {
+    name: String,
+    roles: Vec<String>,
+    /// The cluster the certificate was issued for; where `direct-tcpip` goes.
+    route_to_cluster: String,
+}
+
+/// One client connection.
+pub struct SshConn {
+    state: Arc<ProxyState>,
+    peer: Option<SocketAddr>,
+    user: Option<SshUser>,
+    /// Session channels waiting for a subsystem request.
+    sessions: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl SshConn {
+    fn peer(&self) -> String {
+        self.peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Refuses a request on a session channel with a message on stderr, then closes it.
+    fn refuse_session(&mut self, id: ChannelId, message: &str, session: &mut Session) -> Result<(), russh::Error> {
+        self.sessions.remove(&id);
+        session.channel_failure(id)?;
+        session.extended_data(id, STDERR, format!("{message}\r\n"))?;
+        session.exit_status_request(id, 1)?;
+        session.eof(id)?;
+        session.close(id)
+    }
+}
+
+const NOT_A_SHELL: &str =
+    "this is the Portcullis proxy: it only forwards connections to nodes; use 'tsh ssh NODE' or 'ssh -J PROXY NODE'";
+
+impl Handler for SshConn {
+    type Error = russh::Error;
+
+    async fn auth_publickey(&mut self, user: &str, _key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        tracing::info!(login = user, peer = %self.peer(), "refused a plain public key: a cluster-signed certificate is required ('tsh login')");
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(&mut self, login: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+        let cas = self.state.ssh_user_cas();
+        match portcullis_pki::ssh::verify_user_cert(cert, &cas, portcullis_pki::unix_now()) {
+            Ok(info) => {
+                tracing::info!(user = %info.username, login, roles = ?info.roles, peer = %self.peer(), "SSH user authenticated");
+                self.user = Some(SshUser {
+                    name: info.username,
+                    roles: info.roles,
+                    route_to_cluster: info.route_to_cluster,
+                });
+                Ok(Auth::Accept)
+            }
+            Err(e) => {
+                tracing::info!(login, key_id = %cert.key_id(), peer = %self.peer(), "SSH certificate refused: {e}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        let Ok(port) = u16::try_from(port_to_connect) else {
+            let reason = format!("port {port_to_connect} is out of range");
+            reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason }).await;
+            return Ok(());
+        };
+        tracing::debug!(user = %user.name, host = host_to_connect, port, originator = %format!("{originator_address}:{originator_port}"), "direct-tcpip requested");
+        let state = self.state.clone();
+        let host = host_to_connect.to_string();
+        // Resolving and dialling take round trips; doing them in a task keeps this
+        // connection's other channels flowing meanwhile.
+        tokio::spawn(async move {
+            match state.router.dial(&user.route_to_cluster, &host, port).await {
+                Ok(dialed) => {
+                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, "forwarding direct-tcpip to node");
+                    reply.accept().await;
+                    pipe(&state, channel, dialed.stream).await;
+                }
+                Err(e) => {
+                    tracing::info!(user = %user.name, host = %host, port, "direct-tcpip refused: {e}");
+                    reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: e.to_string() }).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let target = match parse_proxy_subsystem(name) {
+            Ok(t) => t,
+            Err(msg) => {
+                tracing::info!(peer = %self.peer(), "subsystem refused: {msg}");
+                return self.refuse_session(id, &msg, session);
+            }
+        };
+        let (Some(user), Some(channel)) = (self.user.clone(), self.sessions.remove(&id)) else {
+            return self.refuse_session(id, "no session channel for this request", session);
+        };
+        session.channel_success(id)?;
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            match state.router.dial(&target.cluster, &target.host, target.port).await {
+                Ok(dialed) => {
+                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, "forwarding proxy subsystem to node");
+                    pipe(&state, channel, dialed.stream).await;
+                }
+                Err(e) => {
+                    tracing::info!(user = %user.name, host = %target.host, port = target.port, cluster = %target.cluster, "proxy subsystem refused: {e}");
+                    fail_channel(&channel, &e).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        self.refuse_session(id, NOT_A_SHELL, session)
+    }
+
+    async fn exec_request(&mut self, id: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        self.refuse_session(id, NOT_A_SHELL, session)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No terminal here; the shell or exec request that follows is refused with a message.
+        session.channel_failure(id)
+    }
+
+    async fn channel_close(&mut self, id: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.sessions.remove(&id);
+        Ok(())
+    }
+}
+
+/// Tells the client why its subsystem failed and closes the channel.
+async fn fail_channel(channel: &Channel<Msg>, e: &RouteError) {
+    let _ = channel.extended_data_bytes(STDERR, format!("{e}\r\n")).await;
+    let _ = channel.exit_status(1).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// Copies bytes both ways until both sides are done, counting the session meanwhile.
+async fn pipe(state: &ProxyState, channel: Channel<Msg>, mut node: Box<dyn Conn>) {
+    let _active = state.router.track();
+    let mut stream = channel.into_stream();
+    match tokio::io::copy_bidirectional(&mut stream, &mut node).await {
+        Ok((up, down)) => tracing::debug!(bytes_to_node = up, bytes_to_client = down, "pipe closed"),
+        Err(e) => tracing::debug!("pipe ended: {e}"),
+    }
+    let _ = node.shutdown().await;
+    let _ = stream.shutdown().await;
+}

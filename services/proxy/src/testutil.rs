@@ -1,0 +1,190 @@
+//! Test helpers: a fake auth service over plain gRPC and a proxy state that talks to it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use portcullis_proto::auth::auth_server::{Auth, AuthServer};
+use portcullis_proto::auth::*;
+use tonic::{Request, Response, Status};
+
+use crate::state::{Addrs, ProxyState, TrustedCas};
+use crate::web::tls::ReloadableClientVerifier;
+
+pub const CLUSTER: &str = "root.example.com";
+pub const PASSWORD: &str = "correct horse";
+
+/// What the fake auth service knows and what it was asked.
+#[derive(Default)]
+pub struct FakeAuth {
+    pub nodes: Vec<Node>,
+    /// (host, port) of every ResolveNode call.
+    pub resolved: Mutex<Vec<(String, u32)>>,
+    pub logins: Mutex<Vec<AuthenticateUserRequest>>,
+}
+
+fn cas() -> CertAuthorities {
+    CertAuthorities {
+        tls_ca_pem: vec!["tls-ca".into()],
+        ssh_user_ca: vec!["user-ca".into()],
+        ssh_host_ca: vec!["host-ca".into()],
+    }
+}
+
+fn nope<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+/// The fake as a gRPC service (the trait cannot be implemented for `Arc` here).
+struct Served(Arc<FakeAuth>);
+
+impl std::ops::Deref for Served {
+    type Target = FakeAuth;
+    fn deref(&self) -> &FakeAuth {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for Served {
+    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        nope()
+    }
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        nope()
+    }
+    async fn authenticate_user(&self, r: Request<AuthenticateUserRequest>) -> Result<Response<UserCerts>, Status> {
+        let r = r.into_inner();
+        self.logins.lock().unwrap().push(r.clone());
+        if r.password != PASSWORD {
+            return Err(Status::unauthenticated("invalid username or password"));
+        }
+        Ok(Response::new(UserCerts {
+            username: r.username,
+            ssh_cert: "ssh-cert".into(),
+            tls_cert_pem: "tls-cert".into(),
+            cas: Some(cas()),
+            cluster_name: CLUSTER.into(),
+        }))
+    }
+    async fn generate_user_certs(&self, _: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
+        nope()
+    }
+    async fn set_password(&self, _: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {
+        nope()
+    }
+    async fn upsert_resource(
+        &self,
+        _: Request<UpsertResourceRequest>,
+    ) -> Result<Response<UpsertResourceResponse>, Status> {
+        nope()
+    }
+    async fn get_resources(&self, _: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
+        nope()
+    }
+    async fn delete_resource(&self, _: Request<DeleteResourceRequest>) -> Result<Response<Empty>, Status> {
+        nope()
+    }
+    async fn create_token(&self, _: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+        nope()
+    }
+    async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(HeartbeatResponse { cas: Some(cas()) }))
+    }
+    async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        if r.into_inner().user_tls_cert.is_empty() {
+            return Err(Status::unauthenticated("no user certificate"));
+        }
+        Ok(Response::new(ListNodesResponse { nodes: self.nodes.clone() }))
+    }
+    async fn resolve_node(&self, r: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
+        let r = r.into_inner();
+        self.resolved.lock().unwrap().push((r.host.clone(), r.port));
+        let found = self.nodes.iter().find(|n| {
+            (n.hostname == r.host || n.id == r.host) && (r.port == 0 || n.addr.ends_with(&format!(":{}", r.port)))
+        });
+        match found {
+            Some(n) => Ok(Response::new(ResolveNodeResponse { node: Some(n.clone()) })),
+            None => Err(Status::not_found(format!("no node {}", r.host))),
+        }
+    }
+    async fn authorize_ssh(&self, r: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(AuthorizeSshResponse {
+            allowed: false,
+            reason: format!("login {:?} is not allowed (source {})", r.login, r.source),
+            ..Default::default()
+        }))
+    }
+    async fn emit_audit_event(&self, _: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
+        nope()
+    }
+    async fn search_audit_events(
+        &self,
+        _: Request<SearchAuditEventsRequest>,
+    ) -> Result<Response<SearchAuditEventsResponse>, Status> {
+        nope()
+    }
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        nope()
+    }
+}
+
+/// Serves `fake` over plain gRPC on a local port.
+pub async fn serve_fake(fake: Arc<FakeAuth>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AuthServer::new(Served(fake)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A proxy state whose auth client talks to `auth` (plain gRPC; an unused port when none).
+pub fn state(auth: Option<SocketAddr>, ssh_user_cas: Vec<russh::keys::PublicKey>) -> Arc<ProxyState> {
+    state_with_ca(auth, ssh_user_cas).0
+}
+
+/// [`state`], also returning the TLS CA whose client certificates the proxy trusts.
+pub fn state_with_ca(
+    auth: Option<SocketAddr>,
+    ssh_user_cas: Vec<russh::keys::PublicKey>,
+) -> (Arc<ProxyState>, portcullis_pki::x509::TlsCa) {
+    let ca = portcullis_pki::x509::TlsCa::generate(CLUSTER).unwrap();
+    let verifier = Arc::new(ReloadableClientVerifier::new(&[ca.cert_pem().to_string()]).unwrap());
+    // Port 1 refuses connections: calls fail at once with Unavailable.
+    let addr = auth.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:1".into());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let addrs = Addrs {
+        web: "0.0.0.0:43080".parse().unwrap(),
+        ssh: "0.0.0.0:43023".parse().unwrap(),
+        tunnel: Some("0.0.0.0:43024".parse().unwrap()),
+        tunnel_configured: "0.0.0.0:3024".parse().unwrap(),
+        public_addr: None,
+        ssh_public_addr: None,
+        tunnel_public_addr: None,
+    };
+    let state = Arc::new(ProxyState::new(
+        CLUSTER.into(),
+        "host-1".into(),
+        "proxy-1".into(),
+        portcullis_proto::auth::auth_client::AuthClient::new(channel),
+        TrustedCas { ssh_user: ssh_user_cas, tls_pems: vec![ca.cert_pem().to_string()] },
+        verifier,
+        addrs,
+    ));
+    (state, ca)
+}
+
+/// A node record.
+pub fn node(id: &str, hostname: &str, addr: &str) -> Node {
+    Node {
+        id: id.into(),
+        hostname: hostname.into(),
+        addr: addr.into(),
+        labels: [("env".to_string(), "test".to_string())].into_iter().collect(),
+        cluster: CLUSTER.into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,230 @@
+//! Web API tests against a fake auth service: routes in-process, and one real HTTPS server to
+//! check that client certificates reach the handlers.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, test, web};
+use serde_json::{Value, json};
+
+use super::configure_app;
+use crate::testutil::{self, CLUSTER, FakeAuth, PASSWORD};
+
+async fn call(state: Arc<crate::ProxyState>, req: test::TestRequest) -> (StatusCode, Value) {
+    let app = test::init_service(App::new().app_data(web::Data::from(state)).configure(configure_app)).await;
+    let resp = test::call_service(&app, req.to_request()).await;
+    let status = resp.status();
+    let body = test::read_body(resp).await;
+    let v = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    (status, v)
+}
+
+#[actix_web::test]
+async fn ping_derives_addresses_from_the_host_header() {
+    let state = testutil::state(None, vec![]);
+    let req = test::TestRequest::get().uri("/webapi/ping").insert_header(("Host", "proxy.test:443"));
+    let (status, v) = call(state, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["cluster_name"], CLUSTER);
+    assert_eq!(v["server_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["proxy"]["ssh"]["public_addr"], "proxy.test:43080");
+    assert_eq!(v["proxy"]["ssh"]["ssh_public_addr"], "proxy.test:43023");
+    assert_eq!(v["proxy"]["ssh"]["ssh_tunnel_public_addr"], "proxy.test:43024");
+    assert_eq!(v["proxy"]["tls_routing_enabled"], false);
+}
+
+fn login_body(password: &str) -> Value {
+    json!({
+        "user": "alice",
+        "password": password,
+        "ssh_pub_key": "ssh-ed25519 AAAA",
+        "tls_pub_key": "AQID",
+        "ttl_seconds": 3600,
+        "cluster": "",
+    })
+}
+
+#[actix_web::test]
+async fn login_passes_the_request_on_and_answers_with_certificates() {
+    let fake = Arc::new(FakeAuth::default());
+    let state = testutil::state(Some(testutil::serve_fake(fake.clone()).await), vec![]);
+    let req = test::TestRequest::post()
+        .uri("/webapi/login")
+        .peer_addr("10.1.2.3:5555".parse().unwrap())
+        .set_json(login_body(PASSWORD));
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["username"], "alice");
+    assert_eq!(v["cluster_name"], CLUSTER);
+    assert_eq!(v["ssh_cert"], "ssh-cert");
+    assert_eq!(v["tls_cert_pem"], "tls-cert");
+    assert_eq!(v["cas"]["tls_ca_pem"][0], "tls-ca");
+    assert_eq!(v["cas"]["ssh_user_ca"][0], "user-ca");
+    assert_eq!(v["cas"]["ssh_host_ca"][0], "host-ca");
+    {
+        let logins = fake.logins.lock().unwrap();
+        assert_eq!(logins[0].tls_public_key, vec![1, 2, 3]);
+        assert_eq!(logins[0].remote_addr, "10.1.2.3:5555");
+        assert_eq!(logins[0].ttl_seconds, 3600);
+    }
+
+    let req = test::TestRequest::post().uri("/webapi/login").set_json(login_body("wrong"));
+    let (status, v) = call(state, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"], "invalid username or password");
+}
+
+#[actix_web::test]
+async fn bad_login_bodies_are_named() {
+    let state = testutil::state(None, vec![]);
+    let req = test::TestRequest::post()
+        .uri("/webapi/login")
+        .insert_header(("Content-Type", "application/json"))
+        .set_payload("{not json");
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().starts_with("invalid JSON request body"), "{v}");
+
+    let req = test::TestRequest::post().uri("/webapi/login").set_json(json!({"password": "x"}));
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("missing field `user`"), "{v}");
+
+    let mut body = login_body("x");
+    body["tls_pub_key"] = json!("not base64!");
+    let req = test::TestRequest::post().uri("/webapi/login").set_json(body);
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("tls_pub_key is not standard base64"), "{v}");
+
+    let mut body = login_body("x");
+    body["password"] = json!("p".repeat(super::JSON_LIMIT + 1));
+    let req = test::TestRequest::post().uri("/webapi/login").set_json(body);
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(v["error"].as_str().unwrap().contains("larger than the limit"), "{v}");
+
+    // No auth service behind this state: the answer says so.
+    let req = test::TestRequest::post().uri("/webapi/login").set_json(login_body("x"));
+    let (status, v) = call(state, req).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(v["error"].as_str().unwrap().starts_with("auth service unreachable"), "{v}");
+}
+
+#[actix_web::test]
+async fn nodes_need_a_certificate_and_unknown_paths_are_json() {
+    let state = testutil::state(None, vec![]);
+    let req = test::TestRequest::get().uri(&format!("/webapi/sites/{CLUSTER}/nodes"));
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"], "a client certificate is required: run 'tsh login'");
+
+    let (status, v) = call(state, test::TestRequest::get().uri("/webapi/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "no such endpoint: GET /webapi/nope");
+}
+
+#[actix_web::test]
+async fn authorize_asks_auth_and_refuses_other_clusters() {
+    let fake = Arc::new(FakeAuth::default());
+    let state = testutil::state(Some(testutil::serve_fake(fake).await), vec![]);
+    let body = json!({"ssh_cert": "ssh-ed25519-cert-v01@openssh.com AAAA", "login": "root", "node": "node-1", "cluster": CLUSTER});
+    let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["reason"], "login \"root\" is not allowed (source proxy)");
+
+    let body = json!({"ssh_cert": "x", "login": "root", "node": "n", "cluster": "leaf"});
+    let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
+    let (status, v) = call(state, req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "cluster \"leaf\" is not found");
+}
+
+/// Real HTTPS: the client certificate a user presents reaches the nodes handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_client_certificates_reach_handlers() {
+    use portcullis_pki::x509::{self, TlsCertRequest};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let fake = Arc::new(FakeAuth {
+        nodes: vec![testutil::node("id-1", "node-1", "127.0.0.1:3022")],
+        ..Default::default()
+    });
+    let (state, ca) = testutil::state_with_ca(Some(testutil::serve_fake(fake).await), vec![]);
+
+    // The server's certificate, from files as `https_keypairs` would give it.
+    let dir = std::env::temp_dir().join(format!("proxy-web-{}", portcullis_pki::random_hex::<6>().unwrap()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&server_key)
+        .unwrap();
+    let (kp, cp) = (dir.join("key.pem"), dir.join("cert.pem"));
+    std::fs::write(&kp, server_key.serialize_pem()).unwrap();
+    std::fs::write(&cp, server_cert.pem()).unwrap();
+    let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.clone()).unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = super::start(state, listener, tls).unwrap();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_cert.der().clone()).unwrap();
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(portcullis_rpc::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+    };
+    let key = x509::generate_key().unwrap();
+    let pem = ca
+        .issue(&TlsCertRequest {
+            public_key_der: x509::public_key_der(&key),
+            name: "alice".into(),
+            system_roles: vec!["User".into()],
+            ttl: std::time::Duration::from_secs(600),
+            ..Default::default()
+        })
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key_der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let with_cert = reqwest::Client::builder()
+        .use_preconfigured_tls(builder().with_client_auth_cert(chain, key_der).unwrap())
+        .build()
+        .unwrap();
+    let without_cert = reqwest::Client::builder()
+        .use_preconfigured_tls(builder().with_no_client_auth())
+        .build()
+        .unwrap();
+
+    let url = |cluster: &str| format!("https://localhost:{port}/webapi/sites/{cluster}/nodes");
+    let resp = with_cert.get(url(CLUSTER)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["nodes"][0]["id"], "id-1");
+    assert_eq!(v["nodes"][0]["hostname"], "node-1");
+    assert_eq!(v["nodes"][0]["addr"], "127.0.0.1:3022");
+    assert_eq!(v["nodes"][0]["labels"]["env"], "test");
+    assert_eq!(v["nodes"][0]["tunnel"], false);
+
+    let resp = with_cert.get(url("leaf")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "cluster \"leaf\" is not found");
+
+    let resp = without_cert.get(url(CLUSTER)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let resp = without_cert.get(format!("https://localhost:{port}/webapi/ping")).send().await.unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["proxy"]["ssh"]["public_addr"], "localhost:43080");
+
+    handle.stop(true).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,159 @@
+//! The configuration file schema, modelled on teleport.yaml. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// The whole file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub teleport: TeleportSection,
+    #[serde(default)]
+    pub tracing_service: Option<TracingSection>,
+    #[serde(default)]
+    pub auth_service: Option<AuthSection>,
+    #[serde(default)]
+    pub proxy_service: Option<ProxySection>,
+    #[serde(default)]
+    pub ssh_service: Option<SshSection>,
+    #[serde(default)]
+    pub diag_service: Option<DiagSection>,
+}
+
+/// Settings every process shares.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeleportSection {
+    pub nodename: Option<String>,
+    pub data_dir: Option<String>,
+    pub auth_server: Option<String>,
+    #[serde(default)]
+    pub auth_servers: Vec<String>,
+    /// A path to a token file, or the token itself.
+    pub auth_token: Option<String>,
+    pub ca_pin: Option<OneOrMany>,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// A value given as one string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub output: Option<String>,
+    pub severity: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+/// `format: text` or `format: {output: json}` as Teleport writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LogFormat {
+    Name(String),
+    Detailed { output: String },
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    #[serde(default)]
+    pub enabled: bool,
+    pub exporter_url: Option<String>,
+    pub sampling_rate_per_million: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub enabled: Option<bool>,
+    pub cluster_name: Option<String>,
+    pub listen_addr: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    pub public_addr: Option<OneOrMany>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    pub enabled: Option<bool>,
+    pub web_listen_addr: Option<String>,
+    pub listen_addr: Option<String>,
+    pub tunnel_listen_addr: Option<String>,
+    pub public_addr: Option<OneOrMany>,
+    pub ssh_public_addr: Option<OneOrMany>,
+    pub tunnel_public_addr: Option<OneOrMany>,
+    #[serde(default)]
+    pub https_keypairs: Vec<KeyPairPaths>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPairPaths {
+    pub key_file: String,
+    pub cert_file: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    pub enabled: Option<bool>,
+    pub listen_addr: Option<String>,
+    pub public_addr: Option<OneOrMany>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagSection {
+    pub enabled: Option<bool>,
+    pub listen_addr: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and checks a YAML file; errors name the file, and the line for syntax errors.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file_err = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
+        // Read it ourselves first so a missing file says so plainly.
+        std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+        let cfg = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .build()
+            .map_err(|e| file_err(e.to_string()))?;
+        cfg.try_deserialize::<FileConfig>().map_err(|e| file_err(e.to_string()))
+    }
+
+    /// Parses YAML text (used by tests and `configure` round trips).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+            .build()
+            .map_err(|e| ConfigError::File { path: "<text>".into(), reason: e.to_string() })?;
+        cfg.try_deserialize::<FileConfig>()
+            .map_err(|e| ConfigError::File { path: "<text>".into(), reason: e.to_string() })
+    }
+}

@@ -1,0 +1,40 @@
+//! Configuration: the YAML file schema (`file`), command-line flags (`flags`), and the
+//! validated settings each service runs with (`settings`).
+#![forbid(unsafe_code)]
+
+pub mod file;
+pub mod flags;
+pub mod sample;
+pub mod settings;
+
+pub use file::FileConfig;
+pub use flags::CommonFlags;
+pub use settings::{
+    AgentSettings, AuthSettings, Common, LogSettings, NodeSettings, ProxySettings, StaticToken,
+};
+
+/// Default ports, as SPEC §1 fixes them.
+pub mod ports {
+    pub const AUTH: u16 = 3025;
+    pub const PROXY_WEB: u16 = 3080;
+    pub const PROXY_SSH: u16 = 3023;
+    pub const PROXY_TUNNEL: u16 = 3024;
+    pub const NODE_SSH: u16 = 3022;
+}
+
+/// A configuration problem, naming the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl ConfigError {
+    pub fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.to_string(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,152 @@
+//! Mutual-TLS gRPC channels. TLS is done here rather than by tonic so that a first join
+//! can trust the server by CA pin, and so every client checks the same fixed server name
+//! whatever address it dialled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use portcullis_pki::Secret;
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::verify::{InsecureVerifier, PinVerifier, ca_verifier};
+use crate::{RpcError, crypto_provider};
+
+/// How the client decides to trust the server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// PEM CA certificates.
+    Cas(Vec<String>),
+    /// `sha256:` pins of the server's CA (first join).
+    Pins(Vec<String>),
+    /// Trust whatever answers (first join with --insecure).
+    Insecure,
+}
+
+/// Client TLS settings.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub trust: Trust,
+    /// Client certificate (PEM) and key (PEM); none for the join call.
+    pub identity: Option<(String, Secret<String>)>,
+    /// The name the server certificate must carry, e.g. `auth.portcullis.local`.
+    pub server_name: String,
+}
+
+impl ClientTls {
+    /// Settings for a client holding `id`, talking to a server named `server_name`.
+    pub fn from_identity(id: &portcullis_pki::Identity, server_name: &str) -> Self {
+        ClientTls {
+            trust: Trust::Cas(id.tls_ca_pems.clone()),
+            identity: Some((id.tls_cert_pem.clone(), id.tls_key_pem.clone())),
+            server_name: server_name.to_string(),
+        }
+    }
+
+    /// The rustls configuration these settings describe (ALPN h2 for gRPC).
+    pub fn rustls_config(&self) -> Result<ClientConfig, RpcError> {
+        let tls = |e: &dyn std::fmt::Display| RpcError::Tls(e.to_string());
+        let builder = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?;
+        let builder = match &self.trust {
+            Trust::Cas(pems) => {
+                let mut ders = Vec::new();
+                for p in pems {
+                    ders.extend(portcullis_pki::x509::pem_to_ders(p)?);
+                }
+                builder.with_webpki_verifier(ca_verifier(&ders).map_err(|e| tls(&e))?)
+            }
+            Trust::Pins(pins) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier { pins: pins.clone() })),
+            Trust::Insecure => builder.dangerous().with_custom_certificate_verifier(Arc::new(InsecureVerifier)),
+        };
+        let mut cfg = match &self.identity {
+            Some((cert, key)) => {
+                let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(cert.as_bytes()).collect();
+                let chain = chain.map_err(|e| tls(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).map_err(|e| tls(&e))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| tls(&e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, RpcError> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+        })
+        .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })
+}
+
+fn connector(
+    tls: &ClientTls,
+) -> Result<
+    impl tower::Service<
+        Uri,
+        Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Error = std::io::Error,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    RpcError,
+> {
+    let cfg = Arc::new(tls.rustls_config()?);
+    let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| RpcError::Tls(e.to_string()))?;
+    Ok(tower::service_fn(move |uri: Uri| {
+        let cfg = cfg.clone();
+        let name = name.clone();
+        async move {
+            let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']');
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| std::io::Error::other(format!("TLS handshake with {host}:{port} failed: {e}")))?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    }))
+}
+
+/// Connects now, so an unreachable or untrusted server is reported at once.
+pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel, RpcError> {
+    endpoint(addr)?
+        .connect_with_connector(connector(tls)?)
+        .await
+        .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: error_chain(&e) })
+}
+
+/// A channel that connects on first use and reconnects after failures: for long-lived
+/// service clients that must ride out auth restarts.
+pub fn connect_lazy(addr: &str, tls: &ClientTls) -> Result<Channel, RpcError> {
+    Ok(endpoint(addr)?.connect_with_connector_lazy(connector(tls)?))
+}
+
+/// An error and its sources on one line: tonic hides the useful part in the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}

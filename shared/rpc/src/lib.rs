@@ -1,0 +1,36 @@
+//! gRPC plumbing shared by every process: mutual-TLS clients and servers, the caller's
+//! identity, and logging set-up.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod join;
+pub mod peer;
+pub mod server;
+pub mod telemetry;
+mod verify;
+
+pub use client::{ClientTls, Trust, connect, connect_lazy};
+pub use peer::peer_identity;
+
+/// Errors setting up RPC connections.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot reach {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Pki(#[from] portcullis_pki::PkiError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The rustls crypto provider used everywhere (ring, per DEPENDENCIES.md).
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider; harmless when already done.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,34 @@
+//! Portcullis resource types and access-control logic: pure data and decisions, no I/O.
+#![forbid(unsafe_code)]
+
+pub mod cert_authority;
+pub mod duration;
+pub mod error;
+pub mod labels;
+pub mod node;
+pub mod rbac;
+pub mod remote_cluster;
+pub mod resource;
+pub mod role;
+pub mod role_map;
+pub mod token;
+pub mod traits;
+pub mod trusted_cluster;
+pub mod user;
+
+mod serde_util;
+
+pub use cert_authority::{CA_TYPES, CertAuthority, CertAuthoritySpec};
+pub use duration::{format_duration_go, format_expiry, parse_duration};
+pub use error::TypesError;
+pub use labels::{LabelValues, Labels, WILDCARD, format_labels, match_labels, parse_labels_arg};
+pub use node::{Node, NodeSpec};
+pub use rbac::{AccessChecker, AccessDenied};
+pub use remote_cluster::{RemoteCluster, RemoteClusterStatus};
+pub use resource::{Kind, Metadata, Resource, parse_resource_ref, parse_yaml_documents};
+pub use role::{Role, RoleConditions, RoleOptions, RoleSpec, preset_roles};
+pub use role_map::{RoleMapping, map_roles, validate_role_map};
+pub use token::{ProvisionToken, ProvisionTokenSpec, SystemRole};
+pub use traits::{Traits, expand_template, expand_values};
+pub use trusted_cluster::{TrustedCluster, TrustedClusterSpec};
+pub use user::{User, UserSpec};

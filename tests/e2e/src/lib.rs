@@ -1,0 +1,388 @@
+//! Harness for end-to-end tests: starts the real binaries on free loopback ports in a
+//! temporary directory, runs `tctl` and `tsh` against them, and kills everything on drop.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's built binaries (the tests' own target dir).
+pub fn bin_dir() -> PathBuf {
+    // current_exe is target/<profile>/deps/<test>-<hash>; binaries live one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Waits until `f` returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a TCP port to accept connections.
+pub fn wait_port(port: u16) {
+    wait_for(&format!("port {port}"), Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+/// A started process, killed (and reaped) on drop. Its output goes to a log file.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).expect("log file");
+        let f2 = f.try_clone().expect("log file clone");
+        let child = cmd
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { name: name.to_string(), child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for exit (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(s)) = c.try_wait() {
+                self.child = None;
+                return Some(s.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The result of running a client command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs a command with optional stdin and a timeout of 60 s.
+pub fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Run {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(input.as_bytes());
+        }
+    }
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Run::from(child.wait_with_output().expect("output"))
+}
+
+/// The Unix login tests use on nodes: a user created for the tests when running as
+/// root, else the current user (a non-root node runs every session as itself).
+pub fn test_login() -> String {
+    if nix::unistd::geteuid().is_root() {
+        let name = "pcl-e2e";
+        if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+            let _ = Command::new("useradd").args(["-m", "-s", "/bin/sh", name]).status();
+        }
+        name.to_string()
+    } else {
+        std::env::var("USER").unwrap_or_else(|_| "root".into())
+    }
+}
+
+/// Home directory of a Unix user.
+pub fn home_of(login: &str) -> String {
+    nix::unistd::User::from_name(login)
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Ports of one cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub auth: u16,
+    pub web: u16,
+    pub ssh: u16,
+    pub tunnel: u16,
+}
+
+impl Ports {
+    pub fn pick() -> Ports {
+        Ports { auth: free_port(), web: free_port(), ssh: free_port(), tunnel: free_port() }
+    }
+}
+
+/// One cluster: auth and proxy processes, nodes added on demand.
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    pub ports: Ports,
+    pub auth: Proc,
+    pub proxy: Option<Proc>,
+    pub nodes: BTreeMap<String, (Proc, u16)>,
+    static_tokens: Vec<String>,
+}
+
+impl Cluster {
+    /// Writes the auth config and starts the auth service; waits until it answers.
+    pub fn start_auth(root: &Path, name: &str, static_tokens: &[&str]) -> Cluster {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let ports = Ports::pick();
+        let static_tokens: Vec<String> = static_tokens.iter().map(|s| s.to_string()).collect();
+        let auth = Self::spawn_auth(&dir, name, ports, &static_tokens);
+        Cluster { name: name.to_string(), dir, ports, auth, proxy: None, nodes: BTreeMap::new(), static_tokens }
+    }
+
+    fn spawn_auth(dir: &Path, name: &str, ports: Ports, static_tokens: &[String]) -> Proc {
+        let tokens: Vec<String> = static_tokens.iter().map(|t| format!("\"{t}\"")).collect();
+        let cfg = format!(
+            "version: v3\nteleport:\n  nodename: {name}-auth\n  data_dir: {data}\n  log: {{severity: DEBUG}}\nauth_service:\n  cluster_name: {name}\n  listen_addr: 127.0.0.1:{port}\n  tokens: [{tokens}]\n",
+            data = dir.join("auth").display(),
+            port = ports.auth,
+            tokens = tokens.join(", ")
+        );
+        let path = dir.join("auth.yaml");
+        std::fs::write(&path, cfg).expect("auth config");
+        let p = Proc::spawn(
+            "auth",
+            Command::new(bin("portcullis-auth")).arg("start").arg("-c").arg(&path),
+            dir.join("auth.log"),
+        );
+        wait_port(ports.auth);
+        wait_for("admin identity", Duration::from_secs(30), || {
+            dir.join("auth/admin-identity.json").exists().then_some(())
+        });
+        p
+    }
+
+    /// Stops and starts the auth service with the same configuration and data.
+    pub fn restart_auth(&mut self) {
+        self.auth.stop();
+        let _ = std::fs::remove_file(self.dir.join("auth/admin-identity.json"));
+        self.auth = Self::spawn_auth(&self.dir, &self.name, self.ports, &self.static_tokens);
+    }
+
+    pub fn auth_config(&self) -> PathBuf {
+        self.dir.join("auth.yaml")
+    }
+
+    /// Runs tctl against this cluster's auth on its host.
+    pub fn tctl(&self, args: &[&str]) -> Run {
+        self.tctl_in(args, None)
+    }
+
+    pub fn tctl_in(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        run_cmd(Command::new(bin("tctl")).arg("-c").arg(self.auth_config()).args(args), stdin)
+    }
+
+    /// A dynamic token of the given type, made with tctl.
+    pub fn token(&self, kind: &str) -> String {
+        let out = self.tctl(&["tokens", "add", &format!("--type={kind}"), "--ttl=10m", "--format=json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("tokens add --format=json printed {:?}: {e}", out.stdout));
+        v["token"].as_str().expect("token field").to_string()
+    }
+
+    /// Starts the proxy with a fresh proxy token.
+    pub fn start_proxy(&mut self) {
+        let token = self.token("proxy");
+        let d = &self.dir;
+        let cfg = format!(
+            "version: v3\nteleport:\n  nodename: {name}-proxy\n  data_dir: {data}\n  auth_server: 127.0.0.1:{auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n",
+            name = self.name,
+            data = d.join("proxy").display(),
+            auth = self.ports.auth,
+            web = self.ports.web,
+            ssh = self.ports.ssh,
+            tunnel = self.ports.tunnel,
+        );
+        let path = d.join("proxy.yaml");
+        std::fs::write(&path, cfg).expect("proxy config");
+        let p = Proc::spawn(
+            "proxy",
+            Command::new(bin("portcullis-proxy")).arg("start").arg("-c").arg(&path),
+            d.join("proxy.log"),
+        );
+        wait_port(self.ports.web);
+        wait_port(self.ports.ssh);
+        self.proxy = Some(p);
+    }
+
+    /// Starts a node named `name` with labels `k=v,..`; returns its SSH port.
+    pub fn start_node(&mut self, name: &str, labels: &str) -> u16 {
+        let token = self.token("node");
+        let port = free_port();
+        let p = Proc::spawn(
+            name,
+            Command::new(bin("portcullis-node"))
+                .args(["start", "--debug", "--insecure"])
+                .arg(format!("--token={token}"))
+                .arg(format!("--auth-server=127.0.0.1:{}", self.ports.auth))
+                .arg("--data-dir")
+                .arg(self.dir.join(name))
+                .arg(format!("--nodename={name}"))
+                .arg(format!("--labels={labels}"))
+                .arg("-c")
+                .arg(self.node_config(name, port)),
+            self.dir.join(format!("{name}.log")),
+        );
+        wait_port(port);
+        self.nodes.insert(name.to_string(), (p, port));
+        port
+    }
+
+    fn node_config(&self, name: &str, port: u16) -> PathBuf {
+        let path = self.dir.join(format!("{name}.yaml"));
+        let cfg = format!("version: v3\nssh_service:\n  listen_addr: 127.0.0.1:{port}\n");
+        std::fs::write(&path, cfg).expect("node config");
+        path
+    }
+
+    pub fn web_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.web)
+    }
+
+    /// Audit events of this cluster's auth service.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("auth/log/events.log")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+/// A tsh profile directory with helpers to run tsh in it.
+pub struct Tsh {
+    pub home: PathBuf,
+}
+
+impl Tsh {
+    pub fn new(root: &Path, name: &str) -> Tsh {
+        let home = root.join(format!("tsh-{name}"));
+        std::fs::create_dir_all(&home).expect("tsh home");
+        Tsh { home }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_in(args, None)
+    }
+
+    pub fn run_in(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        run_cmd(Command::new(bin("tsh")).env("TSH_HOME", &self.home).args(args), stdin)
+    }
+
+    /// `tsh login` with a password on stdin.
+    pub fn login(&self, proxy: &str, user: &str, password: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["login", "--insecure"];
+        let p = format!("--proxy={proxy}");
+        let u = format!("--user={user}");
+        args.push(&p);
+        args.push(&u);
+        args.extend_from_slice(extra);
+        self.run_in(&args, Some(&format!("{password}\n")))
+    }
+
+    /// The private key and certificate paths tsh keeps for `user` at `proxy_host`.
+    pub fn key_paths(&self, proxy_host: &str, user: &str) -> (PathBuf, PathBuf) {
+        let dir = self.home.join("keys").join(proxy_host);
+        (dir.join(user), dir.join(format!("{user}-cert.pub")))
+    }
+}
