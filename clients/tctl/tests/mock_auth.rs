@@ -24,8 +24,18 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not in the mock"))
 }
 
+/// The gRPC service; a newtype because the trait and `Arc` are both foreign.
+struct Svc(Arc<Mock>);
+
+impl std::ops::Deref for Svc {
+    type Target = Mock;
+    fn deref(&self) -> &Mock {
+        &self.0
+    }
+}
+
 #[tonic::async_trait]
-impl Auth for Arc<Mock> {
+impl Auth for Svc {
     async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         unimplemented()
     }
@@ -166,7 +176,7 @@ async fn start(dir: &Path, mock: Arc<Mock>) -> (String, String) {
         tonic::transport::Server::builder()
             .tls_config(tls)
             .unwrap()
-            .add_service(AuthServer::new(mock))
+            .add_service(AuthServer::new(Svc(mock)))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
             .unwrap();

@@ -99,8 +99,15 @@ async fn root_node_switches_to_the_login_user() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    let Ok(nobody) = users::resolve("nobody", "n") else { return };
+    let Ok(mut nobody) = users::resolve("nobody", "n") else { return };
     assert!(nobody.switch_user);
+    // Its passwd shell is usually nologin, which must be honoured as sshd does.
+    if nobody.shell.ends_with("nologin") {
+        let o = run_as(&nobody, Some("id -u"), &[], None, b"").await;
+        assert_ne!(o.code, 0);
+        assert!(!o.out.contains(&nobody.uid.to_string()), "{}", o.out);
+        nobody.shell = "/bin/sh".into();
+    }
     let o = run_as(&nobody, Some("id -u; id -g"), &[], None, b"").await;
     assert_eq!(o.out, format!("{}\n{}\n", nobody.uid, nobody.gid), "stderr: {}", o.err);
 }

@@ -9,6 +9,8 @@ pub mod ssh;
 pub mod state;
 pub mod web;
 #[cfg(test)]
+mod run_tests;
+#[cfg(test)]
 mod testutil;
 
 use std::net::SocketAddr;

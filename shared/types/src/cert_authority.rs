@@ -54,7 +54,12 @@ impl CertAuthority {
     }
 
     pub fn validate(&self) -> Result<(), TypesError> {
-        validate_envelope(Kind::CertAuthority, &self.kind, &self.version, &self.metadata)?;
+        validate_envelope(
+            Kind::CertAuthority,
+            &self.kind,
+            &self.version,
+            &self.metadata,
+        )?;
         let invalid = |m: String| TypesError::invalid("cert_authority", &self.metadata.name, m);
         if self.spec.cluster_name.trim().is_empty() {
             return Err(invalid("spec.cluster_name must not be empty".into()));

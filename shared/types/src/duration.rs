@@ -164,8 +164,8 @@ pub mod option {
     use std::fmt;
     use std::time::Duration;
 
-    use serde::de::{self, Deserializer, Visitor};
     use serde::Serializer;
+    use serde::de::{self, Deserializer, Visitor};
 
     pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match value {
@@ -214,18 +214,27 @@ mod tests {
     #[test]
     fn parses_go_durations() {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("30h0m0s").unwrap(), Duration::from_secs(30 * 3600));
+        assert_eq!(
+            parse_duration("30h0m0s").unwrap(),
+            Duration::from_secs(30 * 3600)
+        );
     }
 
     #[test]
     fn parses_humantime_fallback() {
-        assert_eq!(parse_duration("2days").unwrap(), Duration::from_secs(2 * 86400));
+        assert_eq!(
+            parse_duration("2days").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
     }
 
@@ -234,7 +243,8 @@ mod tests {
         for bad in ["", "abc", "5x", "-5m", "h"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(
-                err.to_string().starts_with(&format!("invalid duration \"{bad}\"")),
+                err.to_string()
+                    .starts_with(&format!("invalid duration \"{bad}\"")),
                 "{err}"
             );
         }
@@ -251,19 +261,31 @@ mod tests {
         assert_eq!(format_duration_go(Duration::from_millis(300)), "300ms");
         assert_eq!(format_duration_go(Duration::from_micros(1500)), "1.5ms");
         assert_eq!(format_duration_go(Duration::from_nanos(42)), "42ns");
-        assert_eq!(format_duration_go(Duration::from_secs(30 * 3600)), "30h0m0s");
+        assert_eq!(
+            format_duration_go(Duration::from_secs(30 * 3600)),
+            "30h0m0s"
+        );
     }
 
     #[test]
     fn format_expiry_matches_tctl() {
         let expires = datetime!(2022-04-28 19:19:00 UTC);
         let now = expires - time::Duration::seconds(288);
-        assert_eq!(format_expiry(Some(expires), now), "28 Apr 22 19:19 UTC (4m48s)");
+        assert_eq!(
+            format_expiry(Some(expires), now),
+            "28 Apr 22 19:19 UTC (4m48s)"
+        );
         // Sub-second remainders round to the nearest second.
         let now = expires - time::Duration::milliseconds(287_600);
-        assert_eq!(format_expiry(Some(expires), now), "28 Apr 22 19:19 UTC (4m48s)");
+        assert_eq!(
+            format_expiry(Some(expires), now),
+            "28 Apr 22 19:19 UTC (4m48s)"
+        );
         let now = expires - time::Duration::hours(1);
-        assert_eq!(format_expiry(Some(expires), now), "28 Apr 22 19:19 UTC (1h0m0s)");
+        assert_eq!(
+            format_expiry(Some(expires), now),
+            "28 Apr 22 19:19 UTC (1h0m0s)"
+        );
         assert_eq!(format_expiry(None, now), "never");
     }
 
@@ -271,9 +293,15 @@ mod tests {
     fn format_expiry_converts_offsets_and_shows_expired() {
         let expires = datetime!(2022-04-28 21:19:00 +2);
         let now = datetime!(2022-04-28 19:19:05 UTC);
-        assert_eq!(format_expiry(Some(expires), now), "28 Apr 22 19:19 UTC (-5s)");
         assert_eq!(
-            format_expiry(Some(datetime!(2022-04-03 07:05:00 UTC)), datetime!(2022-04-03 07:05:00 UTC)),
+            format_expiry(Some(expires), now),
+            "28 Apr 22 19:19 UTC (-5s)"
+        );
+        assert_eq!(
+            format_expiry(
+                Some(datetime!(2022-04-03 07:05:00 UTC)),
+                datetime!(2022-04-03 07:05:00 UTC)
+            ),
             "03 Apr 22 07:05 UTC (0s)"
         );
     }
@@ -282,7 +310,11 @@ mod tests {
     fn option_serde_round_trip() {
         #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
         struct T {
-            #[serde(default, with = "super::option", skip_serializing_if = "Option::is_none")]
+            #[serde(
+                default,
+                with = "super::option",
+                skip_serializing_if = "Option::is_none"
+            )]
             ttl: Option<Duration>,
         }
         let t: T = serde_json::from_str(r#"{"ttl":"1h30m"}"#).unwrap();
@@ -293,6 +325,9 @@ mod tests {
         let t: T = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(t.ttl, None);
         let err = serde_json::from_str::<T>(r#"{"ttl":"soon"}"#).unwrap_err();
-        assert!(err.to_string().contains("invalid duration \"soon\""), "{err}");
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
     }
 }

@@ -73,9 +73,7 @@ pub enum TypesError {
     #[error("invalid duration \"{input}\": {reason}")]
     InvalidDuration { input: String, reason: String },
 
-    #[error(
-        "unknown system role \"{0}\" (expected one of: node, proxy, trusted_cluster, agent)"
-    )]
+    #[error("unknown system role \"{0}\" (expected one of: node, proxy, trusted_cluster, agent)")]
     UnknownSystemRole(String),
 
     #[error("invalid labels \"{input}\": {reason}")]

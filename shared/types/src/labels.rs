@@ -248,7 +248,10 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn m(selector: &Labels, target: &BTreeMap<String, String>) -> bool {
@@ -365,7 +368,10 @@ mod tests {
         assert_eq!(format_labels(&l), "env=prod,team=a=b");
         assert!(parse_labels_arg("").unwrap().is_empty());
         let err = parse_labels_arg("env").unwrap_err().to_string();
-        assert_eq!(err, "invalid labels \"env\": \"env\" is not of the form key=value");
+        assert_eq!(
+            err,
+            "invalid labels \"env\": \"env\" is not of the form key=value"
+        );
         assert!(parse_labels_arg("=x").is_err());
     }
 }

@@ -84,7 +84,11 @@ impl AccessChecker {
         node_labels: &BTreeMap<String, String>,
     ) -> Result<(), AccessDenied> {
         for role in &self.roles {
-            if self.expand(&role.spec.deny.logins).iter().any(|l| l == login) {
+            if self
+                .expand(&role.spec.deny.logins)
+                .iter()
+                .any(|l| l == login)
+            {
                 return Err(AccessDenied::new(format!(
                     "login \"{login}\" is denied by role \"{}\"",
                     role.metadata.name
@@ -107,7 +111,10 @@ impl AccessChecker {
         }
         let (mut some_login, mut some_node) = (false, false);
         for role in &self.roles {
-            let login_ok = self.expand(&role.spec.allow.logins).iter().any(|l| l == login);
+            let login_ok = self
+                .expand(&role.spec.allow.logins)
+                .iter()
+                .any(|l| l == login);
             let node_ok = self.allow_matches(&role.spec.allow.node_labels, node_labels);
             if login_ok && node_ok {
                 return Ok(());
@@ -123,7 +130,9 @@ impl AccessChecker {
             format!("roles {roles} do not allow access to node \"{node_name}\" ({labels})")
         } else {
             // The login and the node are each allowed, but never by the same role.
-            format!("roles {roles} do not allow login \"{login}\" on node \"{node_name}\" ({labels})")
+            format!(
+                "roles {roles} do not allow login \"{login}\" on node \"{node_name}\" ({labels})"
+            )
         }))
     }
 

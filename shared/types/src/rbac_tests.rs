@@ -5,7 +5,10 @@ use crate::labels::LabelValues;
 use crate::role::{RoleOptions, RoleSpec};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn sel(pairs: &[(&str, &str)]) -> Labels {
@@ -24,25 +27,43 @@ fn role(name: &str, logins: &[&str], node_labels: &[(&str, &str)]) -> Role {
 
 fn traits(logins: &[&str]) -> Traits {
     let mut t = Traits::new();
-    t.insert("logins".into(), logins.iter().map(|s| s.to_string()).collect());
+    t.insert(
+        "logins".into(),
+        logins.iter().map(|s| s.to_string()).collect(),
+    );
     t
 }
 
 #[test]
 fn allows_login_on_matching_node() {
-    let checker = AccessChecker::new(vec![role("visitor", &["visitor"], &[("*", "*")])], Traits::new());
+    let checker = AccessChecker::new(
+        vec![role("visitor", &["visitor"], &[("*", "*")])],
+        Traits::new(),
+    );
     assert_eq!(checker.role_names(), ["visitor"]);
-    assert_eq!(checker.check_login_and_node("visitor", "n1", &labels(&[])), Ok(()));
+    assert_eq!(
+        checker.check_login_and_node("visitor", "n1", &labels(&[])),
+        Ok(())
+    );
     assert_eq!(
         checker.check_login_and_node("root", "n1", &labels(&[])),
-        Err(AccessDenied::new("login \"root\" is not allowed by roles [visitor]"))
+        Err(AccessDenied::new(
+            "login \"root\" is not allowed by roles [visitor]"
+        ))
     );
 }
 
 #[test]
 fn node_labels_must_match() {
-    let checker = AccessChecker::new(vec![role("access", &["root"], &[("env", "dev")])], Traits::new());
-    assert!(checker.check_login_and_node("root", "n1", &labels(&[("env", "dev")])).is_ok());
+    let checker = AccessChecker::new(
+        vec![role("access", &["root"], &[("env", "dev")])],
+        Traits::new(),
+    );
+    assert!(
+        checker
+            .check_login_and_node("root", "n1", &labels(&[("env", "dev")]))
+            .is_ok()
+    );
     assert_eq!(
         checker
             .check_login_and_node("root", "n1", &labels(&[("env", "prod")]))
@@ -51,7 +72,10 @@ fn node_labels_must_match() {
         "roles [access] do not allow access to node \"n1\" (labels env=prod)"
     );
     assert_eq!(
-        checker.check_login_and_node("root", "n2", &labels(&[])).unwrap_err().to_string(),
+        checker
+            .check_login_and_node("root", "n2", &labels(&[]))
+            .unwrap_err()
+            .to_string(),
         "roles [access] do not allow access to node \"n2\" (no labels)"
     );
 }
@@ -59,17 +83,28 @@ fn node_labels_must_match() {
 #[test]
 fn empty_allow_node_labels_match_nothing() {
     let checker = AccessChecker::new(vec![role("r", &["root"], &[])], Traits::new());
-    assert!(checker.check_login_and_node("root", "n1", &labels(&[])).is_err());
+    assert!(
+        checker
+            .check_login_and_node("root", "n1", &labels(&[]))
+            .is_err()
+    );
     assert!(!checker.can_see_node(&labels(&[("env", "dev")])));
 }
 
 #[test]
 fn login_and_node_must_come_from_the_same_role() {
     let checker = AccessChecker::new(
-        vec![role("a", &["root"], &[("env", "dev")]), role("b", &["alice"], &[("env", "prod")])],
+        vec![
+            role("a", &["root"], &[("env", "dev")]),
+            role("b", &["alice"], &[("env", "prod")]),
+        ],
         Traits::new(),
     );
-    assert!(checker.check_login_and_node("alice", "p", &labels(&[("env", "prod")])).is_ok());
+    assert!(
+        checker
+            .check_login_and_node("alice", "p", &labels(&[("env", "prod")]))
+            .is_ok()
+    );
     assert_eq!(
         checker
             .check_login_and_node("root", "p", &labels(&[("env", "prod")]))
@@ -88,10 +123,17 @@ fn deny_login_beats_allow() {
         Traits::new(),
     );
     assert_eq!(
-        checker.check_login_and_node("root", "n1", &labels(&[])).unwrap_err().to_string(),
+        checker
+            .check_login_and_node("root", "n1", &labels(&[]))
+            .unwrap_err()
+            .to_string(),
         "login \"root\" is denied by role \"no-root\""
     );
-    assert!(checker.check_login_and_node("ubuntu", "n1", &labels(&[])).is_ok());
+    assert!(
+        checker
+            .check_login_and_node("ubuntu", "n1", &labels(&[]))
+            .is_ok()
+    );
     assert_eq!(checker.logins(), ["ubuntu"]);
 }
 
@@ -103,10 +145,17 @@ fn deny_node_labels_beat_allow() {
     let checker = AccessChecker::new(vec![mainuser], Traits::new());
     let prod = labels(&[("environment", "production")]);
     assert_eq!(
-        checker.check_login_and_node("root", "db1", &prod).unwrap_err().to_string(),
+        checker
+            .check_login_and_node("root", "db1", &prod)
+            .unwrap_err()
+            .to_string(),
         "node \"db1\" is denied by role \"mainuser\" (deny.node_labels environment=production)"
     );
-    assert!(checker.check_login_and_node("root", "web1", &labels(&[("environment", "staging")])).is_ok());
+    assert!(
+        checker
+            .check_login_and_node("root", "web1", &labels(&[("environment", "staging")]))
+            .is_ok()
+    );
     assert!(!checker.can_see_node(&prod));
     assert!(checker.can_see_node(&labels(&[])));
 }
@@ -115,24 +164,53 @@ fn deny_node_labels_beat_allow() {
 fn deny_in_another_role_applies_to_all() {
     let mut deny_prod = Role::new("deny-prod", RoleSpec::default());
     deny_prod.spec.deny.node_labels = sel(&[("env", "prod")]);
-    let checker = AccessChecker::new(vec![role("access", &["root"], &[("*", "*")]), deny_prod], Traits::new());
-    assert!(checker.check_login_and_node("root", "x", &labels(&[("env", "prod")])).is_err());
-    assert!(checker.check_login_and_node("root", "x", &labels(&[("env", "dev")])).is_ok());
+    let checker = AccessChecker::new(
+        vec![role("access", &["root"], &[("*", "*")]), deny_prod],
+        Traits::new(),
+    );
+    assert!(
+        checker
+            .check_login_and_node("root", "x", &labels(&[("env", "prod")]))
+            .is_err()
+    );
+    assert!(
+        checker
+            .check_login_and_node("root", "x", &labels(&[("env", "dev")]))
+            .is_ok()
+    );
 }
 
 #[test]
 fn templates_expand_from_traits() {
-    let access = role("access", &["{{internal.logins}}", "dev-{{internal.logins}}"], &[("*", "*")]);
+    let access = role(
+        "access",
+        &["{{internal.logins}}", "dev-{{internal.logins}}"],
+        &[("*", "*")],
+    );
     let checker = AccessChecker::new(vec![access.clone()], traits(&["visitor", "ubuntu", "root"]));
     assert_eq!(
         checker.logins(),
-        ["dev-root", "dev-ubuntu", "dev-visitor", "root", "ubuntu", "visitor"]
+        [
+            "dev-root",
+            "dev-ubuntu",
+            "dev-visitor",
+            "root",
+            "ubuntu",
+            "visitor"
+        ]
     );
-    assert!(checker.check_login_and_node("visitor", "n", &labels(&[])).is_ok());
+    assert!(
+        checker
+            .check_login_and_node("visitor", "n", &labels(&[]))
+            .is_ok()
+    );
     // Without the trait the template grants nothing.
     let bare = AccessChecker::new(vec![access], Traits::new());
     assert!(bare.logins().is_empty());
-    assert!(bare.check_login_and_node("visitor", "n", &labels(&[])).is_err());
+    assert!(
+        bare.check_login_and_node("visitor", "n", &labels(&[]))
+            .is_err()
+    );
 }
 
 #[test]
@@ -143,7 +221,11 @@ fn deny_templates_expand_too() {
     t.insert("blocked".into(), vec!["root".into()]);
     let checker = AccessChecker::new(vec![r], t);
     assert_eq!(checker.logins(), ["alice"]);
-    assert!(checker.check_login_and_node("root", "n", &labels(&[])).is_err());
+    assert!(
+        checker
+            .check_login_and_node("root", "n", &labels(&[]))
+            .is_err()
+    );
 }
 
 #[test]
@@ -162,7 +244,11 @@ fn invalid_deny_regex_fails_closed() {
     let mut r = role("r", &["root"], &[("*", "*")]);
     r.spec.deny.node_labels = sel(&[("env", "^($")]);
     let checker = AccessChecker::new(vec![r], Traits::new());
-    assert!(checker.check_login_and_node("root", "n", &labels(&[("env", "x")])).is_err());
+    assert!(
+        checker
+            .check_login_and_node("root", "n", &labels(&[("env", "x")]))
+            .is_err()
+    );
 }
 
 #[test]
@@ -170,7 +256,10 @@ fn no_roles_denies() {
     let checker = AccessChecker::new(vec![], Traits::new());
     assert!(checker.logins().is_empty());
     assert_eq!(
-        checker.check_login_and_node("root", "n", &labels(&[])).unwrap_err().to_string(),
+        checker
+            .check_login_and_node("root", "n", &labels(&[]))
+            .unwrap_err()
+            .to_string(),
         "login \"root\" is not allowed: the user has no roles"
     );
 }
@@ -179,8 +268,14 @@ fn no_roles_denies() {
 fn cluster_visibility() {
     let mut demo = Role::new("demo-cluster-access", RoleSpec::default());
     demo.spec.allow.cluster_labels = sel(&[("env", "demo")]);
-    let plain = AccessChecker::new(vec![role("access", &["root"], &[("*", "*")])], Traits::new());
-    let with_demo = AccessChecker::new(vec![role("access", &["root"], &[("*", "*")]), demo], Traits::new());
+    let plain = AccessChecker::new(
+        vec![role("access", &["root"], &[("*", "*")])],
+        Traits::new(),
+    );
+    let with_demo = AccessChecker::new(
+        vec![role("access", &["root"], &[("*", "*")]), demo],
+        Traits::new(),
+    );
     // Unlabelled leaf: everyone sees it.
     assert!(plain.can_see_cluster(&labels(&[])));
     assert!(with_demo.can_see_cluster(&labels(&[])));
@@ -190,7 +285,10 @@ fn cluster_visibility() {
     assert!(with_demo.can_see_cluster(&demo_labels));
     assert!(!with_demo.can_see_cluster(&labels(&[("env", "prod")])));
     assert_eq!(
-        plain.check_cluster_access("leaf", &demo_labels).unwrap_err().to_string(),
+        plain
+            .check_cluster_access("leaf", &demo_labels)
+            .unwrap_err()
+            .to_string(),
         "roles [access] do not allow access to cluster \"leaf\" (labels env=demo)"
     );
 }
@@ -208,7 +306,10 @@ fn cluster_deny_beats_allow() {
     let checker = AccessChecker::new(vec![r], Traits::new());
     assert!(!checker.can_see_cluster(&labels(&[])));
     assert_eq!(
-        checker.check_cluster_access("leaf", &labels(&[])).unwrap_err().to_string(),
+        checker
+            .check_cluster_access("leaf", &labels(&[]))
+            .unwrap_err()
+            .to_string(),
         "cluster \"leaf\" is denied by role \"r\" (deny.cluster_labels *=*)"
     );
 }
@@ -230,13 +331,19 @@ fn session_options() {
     let c = role("c", &[], &[]);
     let checker = AccessChecker::new(vec![a.clone(), b, c.clone()], Traits::new());
     assert_eq!(checker.max_session_ttl(), Some(Duration::from_secs(3600)));
-    assert_eq!(checker.adjust_session_ttl(Duration::from_secs(12 * 3600)), Duration::from_secs(3600));
+    assert_eq!(
+        checker.adjust_session_ttl(Duration::from_secs(12 * 3600)),
+        Duration::from_secs(3600)
+    );
     assert!(!checker.port_forwarding());
     assert!(checker.forward_agent());
 
     let defaults = AccessChecker::new(vec![c], Traits::new());
     assert_eq!(defaults.max_session_ttl(), None);
-    assert_eq!(defaults.adjust_session_ttl(Duration::from_secs(60)), Duration::from_secs(60));
+    assert_eq!(
+        defaults.adjust_session_ttl(Duration::from_secs(60)),
+        Duration::from_secs(60)
+    );
     assert!(defaults.port_forwarding());
     assert!(!defaults.forward_agent());
 }

@@ -63,7 +63,12 @@ impl RemoteCluster {
     }
 
     pub fn validate(&self) -> Result<(), TypesError> {
-        validate_envelope(Kind::RemoteCluster, &self.kind, &self.version, &self.metadata)?;
+        validate_envelope(
+            Kind::RemoteCluster,
+            &self.kind,
+            &self.version,
+            &self.metadata,
+        )?;
         if self.status.connection != ONLINE && self.status.connection != OFFLINE {
             return Err(TypesError::invalid(
                 "remote_cluster",

@@ -176,6 +176,9 @@ pub fn parse_resource_ref(input: &str) -> Result<(Kind, Option<String>), TypesEr
 }
 
 /// Any resource `tctl create` / `tctl get` handles.
+// Variants stay unboxed so callers can match and build them directly; resources are few and
+// short-lived, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Role(Role),
@@ -285,7 +288,9 @@ impl Resource {
                 return Err(TypesError::UnsupportedVersion {
                     kind: kind.as_str().into(),
                     name,
-                    version: other.as_str().map_or_else(|| other.to_string(), str::to_string),
+                    version: other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_string),
                     supported,
                 });
             }
@@ -304,7 +309,9 @@ impl Resource {
                 "spec",
                 check::<token::ProvisionTokenSpec>,
             )?),
-            Kind::Node => Resource::Node(decode(value, kind, &name, "spec", check::<node::NodeSpec>)?),
+            Kind::Node => {
+                Resource::Node(decode(value, kind, &name, "spec", check::<node::NodeSpec>)?)
+            }
             Kind::TrustedCluster => Resource::TrustedCluster(decode(
                 value,
                 kind,
@@ -435,20 +442,22 @@ fn describe(value: &Value) -> String {
 pub(crate) type SectionCheck = fn(&Value, &str) -> Result<(), String>;
 
 pub(crate) fn check<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<(), String> {
-    T::deserialize(v).map(|_| ()).map_err(|e| format!("{path}: {e}"))
+    T::deserialize(v)
+        .map(|_| ())
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 /// Rejects keys outside `allowed` with serde's wording so messages look alike.
 pub(crate) fn check_keys(v: &Value, allowed: &[&str]) -> Result<(), String> {
-    if let Value::Object(map) = v {
-        if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            let expected = allowed
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(format!("unknown field `{key}`, expected one of {expected}"));
-        }
+    if let Value::Object(map) = v
+        && let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str()))
+    {
+        let expected = allowed
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!("unknown field `{key}`, expected one of {expected}"));
     }
     Ok(())
 }
@@ -510,8 +519,7 @@ pub(crate) fn validate_envelope(
     }
     if name != name.trim() || name.contains('/') || name.chars().any(char::is_control) {
         return Err(invalid(
-            "metadata.name must not contain \"/\", control characters or surrounding spaces"
-                .into(),
+            "metadata.name must not contain \"/\", control characters or surrounding spaces".into(),
         ));
     }
     Ok(())

@@ -31,7 +31,9 @@ spec:
 ");
     assert_eq!(r.kind(), Kind::Role);
     assert_eq!(r.name(), "visitor");
-    let Resource::Role(role) = r else { panic!("not a role") };
+    let Resource::Role(role) = r else {
+        panic!("not a role")
+    };
     assert_eq!(role.version, "v5");
     assert_eq!(role.spec.allow.logins, ["visitor"]);
     assert_eq!(role.spec.allow.node_labels["*"], LabelValues::one("*"));
@@ -53,8 +55,13 @@ fn role_with_deny_node_labels_in_a_list_document() {
       node_labels:
         \"environment\": \"production\"
 ");
-    let Resource::Role(role) = r else { panic!("not a role") };
-    assert_eq!(role.spec.deny.node_labels["environment"], LabelValues::one("production"));
+    let Resource::Role(role) = r else {
+        panic!("not a role")
+    };
+    assert_eq!(
+        role.spec.deny.node_labels["environment"],
+        LabelValues::one("production")
+    );
     assert_eq!(role.spec.allow.node_labels["*"], LabelValues::one("*"));
 }
 
@@ -69,8 +76,13 @@ spec:
       'env': 'demo'
 version: v5
 ");
-    let Resource::Role(role) = r else { panic!("not a role") };
-    assert_eq!(role.spec.allow.cluster_labels["env"], LabelValues::one("demo"));
+    let Resource::Role(role) = r else {
+        panic!("not a role")
+    };
+    assert_eq!(
+        role.spec.allow.cluster_labels["env"],
+        LabelValues::one("demo")
+    );
 }
 
 #[test]
@@ -97,10 +109,18 @@ spec:
       - resources: [session]
         verbs: [list, read]
 ");
-    let Resource::Role(role) = r else { panic!("not a role") };
-    assert_eq!(role.spec.options.max_session_ttl, Some(std::time::Duration::from_secs(8 * 3600)));
+    let Resource::Role(role) = r else {
+        panic!("not a role")
+    };
+    assert_eq!(
+        role.spec.options.max_session_ttl,
+        Some(std::time::Duration::from_secs(8 * 3600))
+    );
     assert_eq!(role.spec.allow.logins.len(), 2);
-    assert_eq!(role.spec.allow.node_labels["team"], LabelValues::from(vec!["a", "^b-.*$"]));
+    assert_eq!(
+        role.spec.allow.node_labels["team"],
+        LabelValues::from(vec!["a", "^b-.*$"])
+    );
     assert_eq!(role.spec.allow.rules.len(), 1);
     assert!(role.spec.allow.other.contains_key("app_labels"));
 }
@@ -120,12 +140,17 @@ spec:
     - remote: \"access\"
       local: [\"visitor\"]
 ");
-    let Resource::TrustedCluster(tc) = r else { panic!("not a trusted cluster") };
+    let Resource::TrustedCluster(tc) = r else {
+        panic!("not a trusted cluster")
+    };
     assert!(tc.spec.enabled);
     assert_eq!(tc.spec.token, "abcd123-insecure-do-not-use-this");
     assert_eq!(tc.tunnel_addr(), "rootcluster.example.com:443");
     assert_eq!(tc.web_proxy_addr(), "rootcluster.example.com:443");
-    assert_eq!(tc.spec.role_map, [RoleMapping::new("access", vec!["visitor".into()])]);
+    assert_eq!(
+        tc.spec.role_map,
+        [RoleMapping::new("access", vec!["visitor".into()])]
+    );
 }
 
 #[test]
@@ -143,9 +168,14 @@ spec:
   tunnel_addr: main.example.com:3024
   web_proxy_addr: main.example.com:3080
 ");
-    let Resource::TrustedCluster(tc) = r else { panic!("not a trusted cluster") };
+    let Resource::TrustedCluster(tc) = r else {
+        panic!("not a trusted cluster")
+    };
     assert_eq!(tc.version, "v1");
-    assert_eq!(tc.combined_role_map(), [RoleMapping::new("admin", vec!["mainuser".into()])]);
+    assert_eq!(
+        tc.combined_role_map(),
+        [RoleMapping::new("admin", vec!["mainuser".into()])]
+    );
 
     // Legacy `roles:` and derived addresses.
     let r = one("kind: trusted_cluster
@@ -156,10 +186,15 @@ spec:
   token: join-token
   roles: [admin]
 ");
-    let Resource::TrustedCluster(tc) = r else { panic!("not a trusted cluster") };
+    let Resource::TrustedCluster(tc) = r else {
+        panic!("not a trusted cluster")
+    };
     assert!(tc.spec.enabled, "enabled defaults to true");
     assert_eq!(tc.spec.roles, ["admin"]);
-    assert_eq!(tc.combined_role_map(), [RoleMapping::new("*", vec!["admin".into()])]);
+    assert_eq!(
+        tc.combined_role_map(),
+        [RoleMapping::new("*", vec!["admin".into()])]
+    );
     assert_eq!(tc.tunnel_addr(), "main:3024");
     assert_eq!(tc.web_proxy_addr(), "main:3080");
 }
@@ -201,7 +236,9 @@ spec:
 status:
   password_state: 1
 ");
-    let Resource::User(user) = r else { panic!("not a user") };
+    let Resource::User(user) = r else {
+        panic!("not a user")
+    };
     assert_eq!(user.spec.roles, ["access", "auditor", "editor"]);
     assert_eq!(user.logins(), ["visitor", "ubuntu", "root"]);
     assert!(user.spec.extra.contains_key("created_by"));
@@ -218,9 +255,14 @@ spec:
   roles: [Trusted_cluster]
   join_method: token
 ");
-    let Resource::Token(token) = r else { panic!("not a token") };
+    let Resource::Token(token) = r else {
+        panic!("not a token")
+    };
     assert_eq!(token.token(), "abcd123-insecure-do-not-use-this");
-    assert_eq!(token.metadata.expires, Some(datetime!(2022-04-28 19:19:00 UTC)));
+    assert_eq!(
+        token.metadata.expires,
+        Some(datetime!(2022-04-28 19:19:00 UTC))
+    );
     assert_eq!(token.spec.roles, [SystemRole::TrustedCluster]);
     assert_eq!(token.spec.join_method.as_deref(), Some("token"));
 
@@ -230,7 +272,10 @@ spec:
         "token \"t\": spec.roles must list at least one of node, proxy, trusted_cluster, agent"
     );
     let e = err("kind: token\nversion: v2\nmetadata: {name: t}\nspec: {roles: [auth]}\n");
-    assert!(e.starts_with("invalid token \"t\": spec: unknown system role \"auth\""), "{e}");
+    assert!(
+        e.starts_with("invalid token \"t\": spec: unknown system role \"auth\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -246,7 +291,9 @@ status:
   last_heartbeat: \"2022-04-29T19:55:35.053054594Z\"
 version: v3
 ");
-    let Resource::RemoteCluster(rc) = r else { panic!("not a remote cluster") };
+    let Resource::RemoteCluster(rc) = r else {
+        panic!("not a remote cluster")
+    };
     assert!(rc.is_online());
     assert_eq!(rc.metadata.labels["env"], "demo");
     assert_eq!(
@@ -257,7 +304,8 @@ version: v3
 
 #[test]
 fn node_and_cert_authority() {
-    let all = parse_yaml_documents("---
+    let all = parse_yaml_documents(
+        "---
 kind: node
 version: v2
 metadata:
@@ -275,13 +323,19 @@ spec:
   cluster_name: leaf
   type: host
   checking_keys: ['ssh-ed25519 AAAA']
-").unwrap();
+",
+    )
+    .unwrap();
     assert_eq!(all.len(), 2);
-    let Resource::Node(node) = &all[0] else { panic!("not a node") };
+    let Resource::Node(node) = &all[0] else {
+        panic!("not a node")
+    };
     assert_eq!(node.spec.hostname, "ip-172-3-2-205");
     assert!(!node.spec.use_tunnel);
     assert_eq!(node.metadata.labels["version"], "1");
-    let Resource::CertAuthority(ca) = &all[1] else { panic!("not a CA") };
+    let Resource::CertAuthority(ca) = &all[1] else {
+        panic!("not a CA")
+    };
     assert_eq!(ca.kind, "cert_authority", "alias is normalised");
     assert_eq!(ca.spec.r#type, "host");
     assert!(ca.spec.active);
@@ -289,8 +343,16 @@ spec:
 
 #[test]
 fn malformed_yaml_reports_line_and_column() {
-    let e = parse_yaml_documents("kind: role\nversion: v5\nmetadata:\n  name: [unclosed\n").unwrap_err();
-    let TypesError::Yaml { line, column, message } = &e else { panic!("{e:?}") };
+    let e = parse_yaml_documents("kind: role\nversion: v5\nmetadata:\n  name: [unclosed\n")
+        .unwrap_err();
+    let TypesError::Yaml {
+        line,
+        column,
+        message,
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
     assert_eq!((*line, *column), (5, 1));
     assert_eq!(
         message,
@@ -302,19 +364,24 @@ fn malformed_yaml_reports_line_and_column() {
     );
 
     let e = parse_yaml_documents("kind: role\nmetadata:\n  name: x\n bad: indent\n").unwrap_err();
-    let TypesError::Yaml { line, column, .. } = e else { panic!("{e:?}") };
+    let TypesError::Yaml { line, column, .. } = e else {
+        panic!("{e:?}")
+    };
     assert_eq!((line, column), (4, 2));
 
     // Duplicate keys would silently drop half a role; they are syntax errors here.
-    let e = parse_yaml_documents("kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  allow: {}\n  allow: {}\n")
-        .unwrap_err();
+    let e = parse_yaml_documents(
+        "kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  allow: {}\n  allow: {}\n",
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "malformed YAML at line 5, column 3: spec: duplicate entry with key \"allow\""
     );
 
     // Errors in a later document are located in the whole text.
-    let e = parse_yaml_documents("kind: role\nversion: v7\nmetadata: {name: r}\n---\na: [\n").unwrap_err();
+    let e = parse_yaml_documents("kind: role\nversion: v7\nmetadata: {name: r}\n---\na: [\n")
+        .unwrap_err();
     assert!(matches!(e, TypesError::Yaml { line: 6, .. }), "{e:?}");
 }
 
@@ -324,7 +391,9 @@ fn unknown_and_missing_kind() {
         err("kind: widget\nversion: v1\nmetadata: {name: w}\n"),
         "unknown resource kind \"widget\" (expected one of: role, user, token, node, trusted_cluster (tc), remote_cluster (rc), cert_authority (cas))"
     );
-    assert!(err("version: v1\nmetadata: {name: w}\n").starts_with("resource has no \"kind\" field"));
+    assert!(
+        err("version: v1\nmetadata: {name: w}\n").starts_with("resource has no \"kind\" field")
+    );
     assert_eq!(
         err("just a string"),
         "a resource must be a mapping with kind, version, metadata and spec, got the string \"just a string\""
@@ -350,31 +419,63 @@ fn version_checks() {
 #[test]
 fn unknown_fields_are_named() {
     let e = err("kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  alow: {logins: [x]}\n");
-    assert!(e.starts_with("invalid role \"r\": spec: unknown field `alow`"), "{e}");
+    assert!(
+        e.starts_with("invalid role \"r\": spec: unknown field `alow`"),
+        "{e}"
+    );
     let e = err("kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  allow: {loginz: [x]}\n");
-    assert!(e.starts_with("invalid role \"r\": spec.allow: unknown field `loginz`"), "{e}");
+    assert!(
+        e.starts_with("invalid role \"r\": spec.allow: unknown field `loginz`"),
+        "{e}"
+    );
     let e = err("kind: trusted_cluster\nversion: v2\nmetadata: {name: r}\nspec: {tokn: t}\n");
-    assert!(e.starts_with("invalid trusted_cluster \"r\": spec: unknown field `tokn`"), "{e}");
+    assert!(
+        e.starts_with("invalid trusted_cluster \"r\": spec: unknown field `tokn`"),
+        "{e}"
+    );
     let e = err("kind: user\nversion: v2\nmetadata: {name: u, lables: {a: b}}\n");
-    assert!(e.starts_with("invalid user \"u\": metadata: unknown field `lables`"), "{e}");
+    assert!(
+        e.starts_with("invalid user \"u\": metadata: unknown field `lables`"),
+        "{e}"
+    );
     let e = err("kind: user\nversion: v2\nmetadata: {name: u}\nspec: {role: [access]}\n");
-    assert_eq!(e, "invalid user \"u\": spec: unknown field `role`, expected one of `roles`, `traits`");
+    assert_eq!(
+        e,
+        "invalid user \"u\": spec: unknown field `role`, expected one of `roles`, `traits`"
+    );
     let e = err("kind: node\nversion: v2\nmetadata: {name: n}\nspecs: {}\n");
-    assert!(e.starts_with("invalid node \"n\": unknown field `specs`"), "{e}");
-    let e = err("kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  options: {max_session_ttl: soon}\n");
-    assert!(e.starts_with("invalid role \"r\": spec.options: invalid duration \"soon\""), "{e}");
+    assert!(
+        e.starts_with("invalid node \"n\": unknown field `specs`"),
+        "{e}"
+    );
+    let e = err(
+        "kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  options: {max_session_ttl: soon}\n",
+    );
+    assert!(
+        e.starts_with("invalid role \"r\": spec.options: invalid duration \"soon\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_regex_in_role_file() {
-    let e = err("kind: role\nversion: v7\nmetadata: {name: x}\nspec:\n  allow:\n    node_labels: {env: '^($'}\n");
-    assert_eq!(e, "role \"x\": invalid regex \"^($\": unclosed group (spec.allow.node_labels.env)");
+    let e = err(
+        "kind: role\nversion: v7\nmetadata: {name: x}\nspec:\n  allow:\n    node_labels: {env: '^($'}\n",
+    );
+    assert_eq!(
+        e,
+        "role \"x\": invalid regex \"^($\": unclosed group (spec.allow.node_labels.env)"
+    );
 }
 
 #[test]
 fn empty_documents_and_names() {
     assert!(parse_yaml_documents("").unwrap().is_empty());
-    assert!(parse_yaml_documents("---\n---\n# only a comment\n").unwrap().is_empty());
+    assert!(
+        parse_yaml_documents("---\n---\n# only a comment\n")
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         err("kind: role\nversion: v7\nmetadata: {name: ''}\n"),
         "role \"\": metadata.name must not be empty"
@@ -431,7 +532,10 @@ fn kind_parsing_and_refs() {
     assert_eq!(Kind::TrustedCluster.as_str(), "trusted_cluster");
     assert_eq!(Kind::Role.default_version(), "v7");
     assert!(matches!(Kind::parse("bogus"), Err(TypesError::UnknownKind(s)) if s == "bogus"));
-    assert_eq!(parse_resource_ref("rc/leaf").unwrap(), (Kind::RemoteCluster, Some("leaf".into())));
+    assert_eq!(
+        parse_resource_ref("rc/leaf").unwrap(),
+        (Kind::RemoteCluster, Some("leaf".into()))
+    );
     assert_eq!(parse_resource_ref("roles").unwrap(), (Kind::Role, None));
     assert!(parse_resource_ref("rc/").is_err());
     assert!(parse_resource_ref("").is_err());

@@ -198,7 +198,8 @@ impl Role {
             let path = format!("spec.{side}");
             check_condition_keys(cond.other.keys().map(String::as_str))
                 .map_err(|e| invalid(format!("{path}: {e}")))?;
-            validate_selector(&cond.node_labels, &format!("{path}.node_labels")).map_err(invalid)?;
+            validate_selector(&cond.node_labels, &format!("{path}.node_labels"))
+                .map_err(invalid)?;
             validate_selector(&cond.cluster_labels, &format!("{path}.cluster_labels"))
                 .map_err(invalid)?;
             for (field, values) in [
@@ -213,12 +214,15 @@ impl Role {
                     if value.trim().is_empty() {
                         return Err(invalid(format!("{path}.{field} has an empty entry")));
                     }
-                    validate_template(value).map_err(|e| invalid(format!("{path}.{field}: {e}")))?;
+                    validate_template(value)
+                        .map_err(|e| invalid(format!("{path}.{field}: {e}")))?;
                 }
             }
         }
         if self.spec.options.max_session_ttl == Some(Duration::ZERO) {
-            return Err(invalid("spec.options.max_session_ttl must be positive".into()));
+            return Err(invalid(
+                "spec.options.max_session_ttl must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -338,7 +342,10 @@ mod tests {
             role.validate().unwrap_err().to_string(),
             "role \"x\": invalid regex \"^(\": a regular expression must start with \"^\" and end with \"$\" (spec.deny.node_labels.env)"
         );
-        role.spec.deny.node_labels.insert("env".into(), LabelValues::one("^(a$"));
+        role.spec
+            .deny
+            .node_labels
+            .insert("env".into(), LabelValues::one("^(a$"));
         assert_eq!(
             role.validate().unwrap_err().to_string(),
             "role \"x\": invalid regex \"^(a$\": unclosed group (spec.deny.node_labels.env)"
@@ -350,7 +357,10 @@ mod tests {
         let mut role = Role::new("x", RoleSpec::default());
         role.spec.allow.logins = vec!["{{internal.logins".into()];
         let err = role.validate().unwrap_err().to_string();
-        assert!(err.starts_with("role \"x\": spec.allow.logins: invalid template"), "{err}");
+        assert!(
+            err.starts_with("role \"x\": spec.allow.logins: invalid template"),
+            "{err}"
+        );
         let role = Role::new("", RoleSpec::default());
         assert_eq!(
             role.validate().unwrap_err().to_string(),

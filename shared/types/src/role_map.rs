@@ -44,7 +44,10 @@ fn rule_label(index: usize, rule: &RoleMapping) -> String {
 /// Maps the user's remote roles to local roles. Every rule is applied to every remote role;
 /// the result is deduplicated in order of first appearance. An empty result means no access,
 /// which the caller reports.
-pub fn map_roles(role_map: &[RoleMapping], remote_roles: &[String]) -> Result<Vec<String>, TypesError> {
+pub fn map_roles(
+    role_map: &[RoleMapping],
+    remote_roles: &[String],
+) -> Result<Vec<String>, TypesError> {
     let compiled = role_map
         .iter()
         .enumerate()
@@ -109,7 +112,8 @@ pub fn validate_role_map(role_map: &[RoleMapping]) -> Result<(), TypesError> {
             return Err(fail("local must list at least one role".into()));
         }
         for local in &rule.local {
-            check_local(local, &re).map_err(|reason| fail(format!("local \"{local}\" {reason}")))?;
+            check_local(local, &re)
+                .map_err(|reason| fail(format!("local \"{local}\" {reason}")))?;
         }
     }
     Ok(())
@@ -165,7 +169,10 @@ fn check_local(local: &str, re: &Regex) -> Result<(), String> {
             let hint = if reference.chars().next().is_some_and(|c| c.is_ascii_digit())
                 && reference.parse::<usize>().is_err()
             {
-                format!(" (write ${{{}}} to follow a group number with text)", reference.trim_end_matches(|c: char| !c.is_ascii_digit()))
+                format!(
+                    " (write ${{{}}} to follow a group number with text)",
+                    reference.trim_end_matches(|c: char| !c.is_ascii_digit())
+                )
             } else {
                 String::new()
             };
@@ -195,7 +202,11 @@ mod tests {
     fn exact_match() {
         let map = [rule("access", &["visitor"])];
         assert_eq!(map_roles(&map, &roles(&["access"])).unwrap(), ["visitor"]);
-        assert!(map_roles(&map, &roles(&["access2", "editor"])).unwrap().is_empty());
+        assert!(
+            map_roles(&map, &roles(&["access2", "editor"]))
+                .unwrap()
+                .is_empty()
+        );
         // Exact names are not regexes: the dot is literal.
         let map = [rule("a.b", &["x"])];
         assert!(map_roles(&map, &roles(&["axb"])).unwrap().is_empty());
@@ -204,15 +215,25 @@ mod tests {
     #[test]
     fn wildcard_matches_any_role() {
         let map = [rule("*", &["mainuser"])];
-        assert_eq!(map_roles(&map, &roles(&["admin", "user"])).unwrap(), ["mainuser"]);
+        assert_eq!(
+            map_roles(&map, &roles(&["admin", "user"])).unwrap(),
+            ["mainuser"]
+        );
         assert!(map_roles(&map, &[]).unwrap().is_empty());
     }
 
     #[test]
     fn glob_prefix() {
         let map = [rule("cluster-*", &["clusteradmin"])];
-        assert_eq!(map_roles(&map, &roles(&["cluster-east"])).unwrap(), ["clusteradmin"]);
-        assert!(map_roles(&map, &roles(&["xcluster-east", "cluster"])).unwrap().is_empty());
+        assert_eq!(
+            map_roles(&map, &roles(&["cluster-east"])).unwrap(),
+            ["clusteradmin"]
+        );
+        assert!(
+            map_roles(&map, &roles(&["xcluster-east", "cluster"]))
+                .unwrap()
+                .is_empty()
+        );
         let map = [rule("team-*", &["leaf-$1"])];
         assert_eq!(map_roles(&map, &roles(&["team-db"])).unwrap(), ["leaf-db"]);
     }
@@ -225,7 +246,10 @@ mod tests {
             ["role-east", "role-west"]
         );
         let map = [rule("^remote-(.*)$", &["local-${1}"])];
-        assert_eq!(map_roles(&map, &roles(&["remote-one"])).unwrap(), ["local-one"]);
+        assert_eq!(
+            map_roles(&map, &roles(&["remote-one"])).unwrap(),
+            ["local-one"]
+        );
         // Regex rules are anchored by the user: no partial matches.
         let map = [rule("^dev$", &["d"])];
         assert!(map_roles(&map, &roles(&["devops"])).unwrap().is_empty());
@@ -241,13 +265,19 @@ mod tests {
             map_roles(&map, &roles(&["admin", "dev"])).unwrap(),
             ["access", "editor", "visitor"]
         );
-        assert_eq!(map_roles(&map, &roles(&["dev"])).unwrap(), ["visitor", "access"]);
+        assert_eq!(
+            map_roles(&map, &roles(&["dev"])).unwrap(),
+            ["visitor", "access"]
+        );
     }
 
     #[test]
     fn no_match_is_empty() {
         let map = [rule("admin", &["x"]), rule("^ops-(.*)$", &["$1"])];
-        assert_eq!(map_roles(&map, &roles(&["user"])).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            map_roles(&map, &roles(&["user"])).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(map_roles(&[], &roles(&["admin"])).unwrap().is_empty());
     }
 
@@ -255,7 +285,8 @@ mod tests {
     fn map_reports_bad_regex() {
         let err = map_roles(&[rule("^(a$", &["x"])], &roles(&["a"])).unwrap_err();
         assert!(
-            err.to_string().starts_with("invalid role_map: rule 1 (remote \"^(a$\"): invalid regex"),
+            err.to_string()
+                .starts_with("invalid role_map: rule 1 (remote \"^(a$\"): invalid regex"),
             "{err}"
         );
     }
@@ -276,7 +307,10 @@ mod tests {
     #[test]
     fn validate_rejects_bad_rules() {
         let cases: Vec<(Vec<RoleMapping>, &str)> = vec![
-            (vec![rule("", &["x"])], "invalid role_map: rule 1: remote must not be empty"),
+            (
+                vec![rule("", &["x"])],
+                "invalid role_map: rule 1: remote must not be empty",
+            ),
             (
                 vec![rule("a", &["x"]), rule("a", &["y"])],
                 "invalid role_map: rule 2 (remote \"a\"): duplicate remote, already mapped by rule 1",
@@ -309,7 +343,10 @@ mod tests {
                 vec![rule("^a-(.*)$", &["x$"])],
                 "invalid role_map: rule 1 (remote \"^a-(.*)$\"): local \"x$\" has a \"$\" that is not a capture reference like $1",
             ),
-            (vec![rule("a", &[""])], "invalid role_map: rule 1 (remote \"a\"): local \"\" is empty"),
+            (
+                vec![rule("a", &[""])],
+                "invalid role_map: rule 1 (remote \"a\"): local \"\" is empty",
+            ),
             (
                 vec![rule("^admin-(.*)", &["x"])],
                 "invalid role_map: rule 1 (remote \"^admin-(.*)\"): a regular expression must start with \"^\" and end with \"$\"",
@@ -318,20 +355,26 @@ mod tests {
         for (map, want) in cases {
             assert_eq!(validate_role_map(&map).unwrap_err().to_string(), want);
         }
-        let err = validate_role_map(&[rule("^(x$", &["y"])]).unwrap_err().to_string();
+        let err = validate_role_map(&[rule("^(x$", &["y"])])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("invalid role_map: rule 1 (remote \"^(x$\"): invalid regex: "),
             "{err}"
         );
-        let err = validate_role_map(&[rule("^a-(.*)$", &["$1x"])]).unwrap_err().to_string();
+        let err = validate_role_map(&[rule("^a-(.*)$", &["$1x"])])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("write ${1}"), "{err}");
     }
 
     #[test]
     fn local_accepts_single_string() {
-        let r: RoleMapping = serde_json::from_str(r#"{"remote":"admin","local":"mainuser"}"#).unwrap();
+        let r: RoleMapping =
+            serde_json::from_str(r#"{"remote":"admin","local":"mainuser"}"#).unwrap();
         assert_eq!(r.local, ["mainuser"]);
-        let err = serde_json::from_str::<RoleMapping>(r#"{"remote":"a","locals":["x"]}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<RoleMapping>(r#"{"remote":"a","locals":["x"]}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `locals`"), "{err}");
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// Visitor accepting a single scalar, a list of scalars, or null (= empty list).
 /// Numbers and booleans become strings because YAML turns `version: 1` into a number.

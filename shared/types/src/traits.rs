@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn plain_values_pass_through() {
-        assert_eq!(expand_template("visitor", &traits()).unwrap(), vec!["visitor"]);
+        assert_eq!(
+            expand_template("visitor", &traits()).unwrap(),
+            vec!["visitor"]
+        );
         assert_eq!(expand_template("", &traits()).unwrap(), vec![""]);
     }
 
@@ -171,14 +174,25 @@ mod tests {
 
     #[test]
     fn missing_trait_expands_to_nothing() {
-        assert!(expand_template("{{internal.db_users}}", &traits()).unwrap().is_empty());
-        assert!(expand_template("x-{{external.nope}}", &Traits::new()).unwrap().is_empty());
+        assert!(
+            expand_template("{{internal.db_users}}", &traits())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            expand_template("x-{{external.nope}}", &Traits::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn expand_values_dedupes_in_order() {
         let values = vec!["ubuntu".to_string(), "{{internal.logins}}".to_string()];
-        assert_eq!(expand_values(&values, &traits()).unwrap(), vec!["ubuntu", "root"]);
+        assert_eq!(
+            expand_values(&values, &traits()).unwrap(),
+            vec!["ubuntu", "root"]
+        );
     }
 
     #[test]
@@ -193,7 +207,10 @@ mod tests {
         ] {
             let err = expand_template(bad, &traits()).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.starts_with(&format!("invalid template \"{bad}\"")), "{msg}");
+            assert!(
+                msg.starts_with(&format!("invalid template \"{bad}\"")),
+                "{msg}"
+            );
             assert!(msg.contains(reason), "{msg} should contain {reason}");
             assert!(validate_template(bad).is_err());
         }

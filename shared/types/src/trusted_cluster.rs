@@ -83,12 +83,20 @@ impl TrustedCluster {
     /// Effective reverse-tunnel address: the field (port 3024 added when missing), or
     /// `<name>:3024`.
     pub fn tunnel_addr(&self) -> String {
-        effective_addr(&self.spec.tunnel_addr, &self.metadata.name, DEFAULT_TUNNEL_PORT)
+        effective_addr(
+            &self.spec.tunnel_addr,
+            &self.metadata.name,
+            DEFAULT_TUNNEL_PORT,
+        )
     }
 
     /// Effective web proxy address: the field (port 3080 added when missing), or `<name>:3080`.
     pub fn web_proxy_addr(&self) -> String {
-        effective_addr(&self.spec.web_proxy_addr, &self.metadata.name, DEFAULT_WEB_PORT)
+        effective_addr(
+            &self.spec.web_proxy_addr,
+            &self.metadata.name,
+            DEFAULT_WEB_PORT,
+        )
     }
 
     /// The mapping to apply: `role_map`, or for legacy v1 `roles` a `*` rule granting them.
@@ -101,14 +109,24 @@ impl TrustedCluster {
     }
 
     pub fn validate(&self) -> Result<(), TypesError> {
-        validate_envelope(Kind::TrustedCluster, &self.kind, &self.version, &self.metadata)?;
+        validate_envelope(
+            Kind::TrustedCluster,
+            &self.kind,
+            &self.version,
+            &self.metadata,
+        )?;
         let invalid = |m: String| TypesError::invalid("trusted_cluster", &self.metadata.name, m);
         if !self.spec.roles.is_empty() && !self.spec.role_map.is_empty() {
             return Err(invalid(
                 "set either spec.role_map or the legacy spec.roles, not both".into(),
             ));
         }
-        if self.spec.roles.iter().any(|r| r.trim().is_empty() || r.contains('*')) {
+        if self
+            .spec
+            .roles
+            .iter()
+            .any(|r| r.trim().is_empty() || r.contains('*'))
+        {
             return Err(invalid(
                 "spec.roles entries must be concrete local role names".into(),
             ));
@@ -119,7 +137,9 @@ impl TrustedCluster {
             ("web_proxy_addr", &self.spec.web_proxy_addr),
         ] {
             if addr.chars().any(char::is_whitespace) {
-                return Err(invalid(format!("spec.{field} \"{addr}\" contains whitespace")));
+                return Err(invalid(format!(
+                    "spec.{field} \"{addr}\" contains whitespace"
+                )));
             }
         }
         Ok(())
@@ -185,7 +205,10 @@ mod tests {
         tc.version = "v1".into();
         tc.spec.roles = vec!["admin".into()];
         tc.validate().unwrap();
-        assert_eq!(tc.combined_role_map(), [RoleMapping::new("*", vec!["admin".into()])]);
+        assert_eq!(
+            tc.combined_role_map(),
+            [RoleMapping::new("*", vec!["admin".into()])]
+        );
         tc.spec.role_map = vec![RoleMapping::new("a", vec!["b".into()])];
         assert_eq!(
             tc.validate().unwrap_err().to_string(),
