@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `tsh`: log in to a Portcullis cluster and reach its nodes over SSH.
 #[derive(Debug, Parser)]
-#[command(name = "tsh", about = "Portcullis user client", disable_version_flag = true)]
+#[command(
+    name = "tsh",
+    about = "Portcullis user client",
+    disable_version_flag = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -105,7 +109,11 @@ pub struct SshArgs {
     #[arg(value_name = "[LOGIN@]HOST")]
     pub destination: String,
     /// Command to run instead of a shell.
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -124,25 +132,38 @@ mod tests {
     fn global_flags_after_the_subcommand() {
         let cli = parse(&["tsh", "ssh", "--cluster=leaf", "visitor@node", "pwd"]);
         assert_eq!(cli.global.cluster.as_deref(), Some("leaf"));
-        let Command::Ssh(ssh) = cli.command else { panic!("not ssh") };
+        let Command::Ssh(ssh) = cli.command else {
+            panic!("not ssh")
+        };
         assert_eq!(ssh.destination, "visitor@node");
         assert_eq!(ssh.command, vec!["pwd"]);
     }
 
     #[test]
     fn global_flags_before_the_subcommand() {
-        let cli = parse(&["tsh", "--proxy=p.example.com", "--insecure", "login", "--user=alice", "east"]);
+        let cli = parse(&[
+            "tsh",
+            "--proxy=p.example.com",
+            "--insecure",
+            "login",
+            "--user=alice",
+            "east",
+        ]);
         assert_eq!(cli.global.proxy.as_deref(), Some("p.example.com"));
         assert_eq!(cli.global.user.as_deref(), Some("alice"));
         assert!(cli.global.insecure);
-        let Command::Login(l) = cli.command else { panic!("not login") };
+        let Command::Login(l) = cli.command else {
+            panic!("not login")
+        };
         assert_eq!(l.target_cluster.as_deref(), Some("east"));
     }
 
     #[test]
     fn ls_format_and_labels() {
         let cli = parse(&["tsh", "ls", "-f", "json", "env=prod"]);
-        let Command::Ls(ls) = cli.command else { panic!("not ls") };
+        let Command::Ls(ls) = cli.command else {
+            panic!("not ls")
+        };
         assert_eq!(ls.format, Format::Json);
         assert_eq!(ls.labels, vec!["env=prod"]);
         let cli = parse(&["tsh", "ls", "--cluster=leaf", "--format=text"]);
@@ -151,8 +172,22 @@ mod tests {
 
     #[test]
     fn ssh_command_keeps_its_own_flags() {
-        let cli = parse(&["tsh", "ssh", "-t", "-o", "StrictHostKeyChecking=no", "-l", "root", "node", "ls", "-la", "/tmp"]);
-        let Command::Ssh(ssh) = cli.command else { panic!("not ssh") };
+        let cli = parse(&[
+            "tsh",
+            "ssh",
+            "-t",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-l",
+            "root",
+            "node",
+            "ls",
+            "-la",
+            "/tmp",
+        ]);
+        let Command::Ssh(ssh) = cli.command else {
+            panic!("not ssh")
+        };
         assert!(ssh.tty);
         assert_eq!(ssh.login.as_deref(), Some("root"));
         assert_eq!(ssh.destination, "node");
@@ -164,7 +199,9 @@ mod tests {
     fn status_json() {
         let cli = parse(&["tsh", "status", "--format=json", "--debug"]);
         assert!(cli.global.debug);
-        let Command::Status(f) = cli.command else { panic!("not status") };
+        let Command::Status(f) = cli.command else {
+            panic!("not status")
+        };
         assert_eq!(f.format, Format::Json);
     }
 }

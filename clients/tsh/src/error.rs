@@ -11,7 +11,9 @@ pub enum TshError {
     Usage(String),
     #[error("cannot reach the proxy at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
-    #[error("the proxy's HTTPS certificate is not trusted: {reason} (use --insecure for a self-signed proxy)")]
+    #[error(
+        "the proxy's HTTPS certificate is not trusted: {reason} (use --insecure for a self-signed proxy)"
+    )]
     UntrustedTls { reason: String },
     /// An error message the proxy sent back (`{"error": "..."}`), shown as is.
     #[error("{0}")]
@@ -40,11 +42,17 @@ pub enum TshError {
 
 impl TshError {
     pub(crate) fn profile(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
-        TshError::Profile { path: path.display().to_string(), reason: reason.to_string() }
+        TshError::Profile {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     pub(crate) fn write(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
-        TshError::Write { path: path.display().to_string(), reason: reason.to_string() }
+        TshError::Write {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
     }
 }
 

@@ -77,7 +77,12 @@ impl ServerCertVerifier for ProxyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -86,11 +91,18 @@ impl ServerCertVerifier for ProxyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -131,7 +143,12 @@ fn rustls_config(
                 .map_err(|e| TshError::Tls(e.to_string()))?,
         )
     };
-    let verifier = Arc::new(ProxyVerifier { insecure: trust.insecure, inner, failure, provider: provider.clone() });
+    let verifier = Arc::new(ProxyVerifier {
+        insecure: trust.insecure,
+        inner,
+        failure,
+        provider: provider.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TshError::Tls(e.to_string()))?
@@ -162,7 +179,11 @@ pub struct WebClient {
 
 impl WebClient {
     /// `addr` is the proxy's `host:port`.
-    pub fn new(addr: &str, trust: &TlsTrust, client_cert: Option<ClientCert<'_>>) -> Result<Self, TshError> {
+    pub fn new(
+        addr: &str,
+        trust: &TlsTrust,
+        client_cert: Option<ClientCert<'_>>,
+    ) -> Result<Self, TshError> {
         let failure: FailureSlot = Arc::new(Mutex::new(None));
         let tls = rustls_config(trust, client_cert, failure.clone())?;
         let client = reqwest::Client::builder()
@@ -171,7 +192,11 @@ impl WebClient {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| TshError::Tls(error_chain(&e)))?;
-        Ok(WebClient { addr: addr.to_string(), client, failure })
+        Ok(WebClient {
+            addr: addr.to_string(),
+            client,
+            failure,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -184,7 +209,10 @@ impl WebClient {
         if let Some(reason) = recorded {
             return TshError::UntrustedTls { reason };
         }
-        TshError::Unreachable { addr: self.addr.clone(), reason: error_chain(&e) }
+        TshError::Unreachable {
+            addr: self.addr.clone(),
+            reason: transport_reason(&e),
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, TshError> {
@@ -192,14 +220,20 @@ impl WebClient {
     }
 
     /// Reads a JSON answer, or the proxy's `{"error": ...}` message.
-    async fn decode<T: DeserializeOwned>(&self, what: &str, resp: reqwest::Response) -> Result<T, TshError> {
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, TshError> {
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         if !status.is_success() {
             return Err(server_error(status, &body));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| TshError::BadResponse { what: what.to_string(), reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| TshError::BadResponse {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// `GET /webapi/ping`.
@@ -210,7 +244,9 @@ impl WebClient {
 
     /// `POST /webapi/login`.
     pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse, TshError> {
-        let resp = self.send(self.client.post(self.url("/webapi/login")).json(req)).await?;
+        let resp = self
+            .send(self.client.post(self.url("/webapi/login")).json(req))
+            .await?;
         self.decode("login", resp).await
     }
 
@@ -224,7 +260,9 @@ impl WebClient {
 
     /// `GET /webapi/sites`; `None` when the proxy has no such route.
     pub async fn sites(&self) -> Result<Option<Vec<SiteInfo>>, TshError> {
-        let resp = self.send(self.client.get(self.url("/webapi/sites"))).await?;
+        let resp = self
+            .send(self.client.get(self.url("/webapi/sites")))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -238,8 +276,33 @@ impl WebClient {
 
     /// `POST /webapi/ssh/authorize`: why a session would be (or was) refused.
     pub async fn authorize(&self, req: &AuthorizeRequest) -> Result<AuthorizeResponse, TshError> {
-        let resp = self.send(self.client.post(self.url("/webapi/ssh/authorize")).json(req)).await?;
+        let resp = self
+            .send(
+                self.client
+                    .post(self.url("/webapi/ssh/authorize"))
+                    .json(req),
+            )
+            .await?;
         self.decode("ssh authorization", resp).await
+    }
+}
+
+/// The useful part of a reqwest error: its causes without the URL and hyper's wrappers
+/// (`dns error: failed to lookup address ...`, `tcp connect error: Connection refused ...`).
+fn transport_reason(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    if e.is_timeout() {
+        return "no answer in time".into();
+    }
+    match e.source() {
+        Some(src) => {
+            let chain = error_chain(src);
+            let trimmed = chain
+                .strip_prefix("client error (Connect): ")
+                .unwrap_or(&chain);
+            trimmed.to_string()
+        }
+        None => error_chain(e),
     }
 }
 
@@ -412,7 +475,10 @@ mod tests {
 
     #[test]
     fn server_errors_show_the_message() {
-        let e = server_error(reqwest::StatusCode::UNAUTHORIZED, br#"{"error":"invalid username or password"}"#);
+        let e = server_error(
+            reqwest::StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid username or password"}"#,
+        );
         assert_eq!(e.to_string(), "invalid username or password");
         let e = server_error(reqwest::StatusCode::BAD_GATEWAY, b"");
         assert_eq!(e.to_string(), "the proxy answered 502 Bad Gateway");
@@ -420,10 +486,12 @@ mod tests {
 
     #[test]
     fn sites_accept_list_or_object() {
-        let a: SitesResponse = serde_json::from_str(r#"[{"name":"leaf","status":"online"}]"#).unwrap();
-        let b: SitesResponse =
-            serde_json::from_str(r#"{"sites":[{"name":"leaf","connection":"offline","labels":{"env":"demo"}}]}"#)
-                .unwrap();
+        let a: SitesResponse =
+            serde_json::from_str(r#"[{"name":"leaf","status":"online"}]"#).unwrap();
+        let b: SitesResponse = serde_json::from_str(
+            r#"{"sites":[{"name":"leaf","connection":"offline","labels":{"env":"demo"}}]}"#,
+        )
+        .unwrap();
         assert!(matches!(a, SitesResponse::List(ref l) if l[0].status == "online"));
         assert!(matches!(b, SitesResponse::Sites { ref sites } if sites[0].status == "offline"));
     }

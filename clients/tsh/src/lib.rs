@@ -53,7 +53,11 @@ where
         }
     };
     portcullis_rpc::telemetry::init_logging(&portcullis_config::LogSettings {
-        severity: if cli.global.debug { "debug".into() } else { "warn".into() },
+        severity: if cli.global.debug {
+            "debug".into()
+        } else {
+            "warn".into()
+        },
         json: false,
         output: "stderr".into(),
     });
@@ -68,12 +72,17 @@ where
 
 /// Runs a parsed command line; `Ok` carries the exit code (the remote one for `ssh`).
 pub async fn execute(cli: Cli) -> Result<i32, TshError> {
-    let ctx = Context { global: cli.global, store: Store::new(profile::tsh_home()) };
+    let ctx = Context {
+        global: cli.global,
+        store: Store::new(profile::tsh_home()),
+    };
     match cli.command {
         Command::Login(args) => commands::login::login(&ctx, &args).await.map(|()| 0),
         Command::Logout => commands::login::logout(&ctx).map(|()| 0),
         Command::Status(f) => commands::status::status(&ctx, f.format).map(|()| 0),
-        Command::Clusters(f) => commands::clusters::clusters(&ctx, f.format).await.map(|()| 0),
+        Command::Clusters(f) => commands::clusters::clusters(&ctx, f.format)
+            .await
+            .map(|()| 0),
         Command::Ls(args) => commands::ls::ls(&ctx, &args).await.map(|()| 0),
         Command::Ssh(args) => commands::ssh::ssh(&ctx, &args).await,
         Command::Version => {
@@ -108,7 +117,10 @@ impl Context {
 
     /// How to trust the proxy of `profile`: its saved CA, or anything after `--insecure`.
     pub fn trust(&self, profile: &Profile) -> TlsTrust {
-        TlsTrust { insecure: self.global.insecure || profile.insecure, ca_pems: self.store.tls_cas(profile) }
+        TlsTrust {
+            insecure: self.global.insecure || profile.insecure,
+            ca_pems: self.store.tls_cas(profile),
+        }
     }
 
     /// A web API client without client certificate (ping, login, ssh/authorize).
@@ -117,14 +129,25 @@ impl Context {
     }
 
     /// A web API client presenting the user's TLS certificate.
-    pub fn web_as_user(&self, profile: &Profile, creds: &Credentials) -> Result<WebClient, TshError> {
-        let cc = ClientCert { cert_pem: &creds.tls_cert_pem, key_pem: creds.tls_key_pem.expose() };
+    pub fn web_as_user(
+        &self,
+        profile: &Profile,
+        creds: &Credentials,
+    ) -> Result<WebClient, TshError> {
+        let cc = ClientCert {
+            cert_pem: &creds.tls_cert_pem,
+            key_pem: creds.tls_key_pem.expose(),
+        };
         WebClient::new(&profile.web_proxy_addr, &self.trust(profile), Some(cc))
     }
 
     /// The cluster to act on: `--cluster`, else the one chosen at login, else the root.
     pub fn cluster(&self, profile: &Profile) -> String {
-        self.global.cluster.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| profile.active_cluster().to_string())
+        self.global
+            .cluster
+            .clone()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| profile.active_cluster().to_string())
     }
 }
 

@@ -22,7 +22,9 @@ pub fn tsh_home() -> PathBuf {
     if let Some(h) = std::env::var_os("TSH_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".tsh")
 }
 
@@ -76,7 +78,13 @@ pub fn key_paths(tsh_home: &Path, proxy_host: &str, user: &str) -> KeyPaths {
 fn safe_name(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c == '\0' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     match cleaned.as_str() {
         "" | "." | ".." => format!("_{cleaned}"),
@@ -103,7 +111,11 @@ pub fn split_host_port(addr: &str) -> (String, Option<u16>) {
 
 /// `host:port`, bracketing IPv6 hosts.
 pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Normalises `--proxy`: drops a scheme and a path, adds the default web port.
@@ -144,7 +156,11 @@ impl Profile {
 
     /// The cluster commands act on unless `--cluster` says otherwise.
     pub fn active_cluster(&self) -> &str {
-        if self.selected_cluster.is_empty() { &self.cluster } else { &self.selected_cluster }
+        if self.selected_cluster.is_empty() {
+            &self.cluster
+        } else {
+            &self.selected_cluster
+        }
     }
 
     pub fn key_paths(&self, home: &Path) -> KeyPaths {
@@ -199,7 +215,9 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(TshError::profile(&path, e)),
         };
-        serde_norway::from_str(&text).map(Some).map_err(|e| TshError::profile(&path, e))
+        serde_norway::from_str(&text)
+            .map(Some)
+            .map_err(|e| TshError::profile(&path, e))
     }
 
     /// Writes the profile and makes it current.
@@ -207,7 +225,10 @@ impl Store {
         let path = self.profile_path(&profile.proxy_host());
         let text = serde_norway::to_string(profile).map_err(|e| TshError::write(&path, e))?;
         write_file(&path, text.as_bytes())?;
-        write_file(&self.home.join(CURRENT_PROFILE), format!("{}\n", profile.proxy_host()).as_bytes())
+        write_file(
+            &self.home.join(CURRENT_PROFILE),
+            format!("{}\n", profile.proxy_host()).as_bytes(),
+        )
     }
 
     /// Writes the credentials of `profile`, replacing those of an earlier login.
@@ -217,7 +238,10 @@ impl Store {
         write_file(&p.private_key, key.as_bytes())?;
         let public = portcullis_pki::ssh::public_key_line(creds.ssh_key.public_key())?;
         write_file(&p.public_key, format!("{public}\n").as_bytes())?;
-        let cert = creds.ssh_cert.to_openssh().map_err(|e| TshError::write(&p.ssh_cert, e))?;
+        let cert = creds
+            .ssh_cert
+            .to_openssh()
+            .map_err(|e| TshError::write(&p.ssh_cert, e))?;
         write_file(&p.ssh_cert, format!("{}\n", cert.trim()).as_bytes())?;
         write_file(&p.tls_cert, creds.tls_cert_pem.as_bytes())?;
         write_file(&p.tls_key, creds.tls_key_pem.expose().as_bytes())?;
@@ -259,19 +283,34 @@ impl Store {
         }
         let ssh_host_cas = parse_known_hosts(&read(&p.known_hosts)?)
             .map_err(|e| TshError::profile(&p.known_hosts, e))?;
-        Ok(Credentials { ssh_key, ssh_cert, tls_cert_pem, tls_key_pem, tls_ca_pems, ssh_host_cas })
+        Ok(Credentials {
+            ssh_key,
+            ssh_cert,
+            tls_cert_pem,
+            tls_key_pem,
+            tls_ca_pems,
+            ssh_host_cas,
+        })
     }
 
     /// The saved TLS CA certificates for `profile` (none when not logged in).
     pub fn tls_cas(&self, profile: &Profile) -> Vec<String> {
         let p = profile.key_paths(&self.home);
-        std::fs::read_to_string(p.tls_ca(&profile.cluster)).map(|s| vec![s]).unwrap_or_default()
+        std::fs::read_to_string(p.tls_ca(&profile.cluster))
+            .map(|s| vec![s])
+            .unwrap_or_default()
     }
 
     /// Deletes the profile, its credentials, and the current-profile marker pointing at it.
     pub fn remove(&self, profile: &Profile) -> Result<(), TshError> {
         let p = profile.key_paths(&self.home);
-        for path in [&p.private_key, &p.public_key, &p.ssh_cert, &p.tls_cert, &p.tls_key] {
+        for path in [
+            &p.private_key,
+            &p.public_key,
+            &p.ssh_cert,
+            &p.tls_cert,
+            &p.tls_key,
+        ] {
             remove_file(path)?;
         }
         if p.cas_dir.exists() {
@@ -321,11 +360,26 @@ mod tests {
     fn paths_follow_the_documented_layout() {
         let p = key_paths(Path::new("/h"), "proxy.example.com", "alice");
         assert_eq!(p.private_key, Path::new("/h/keys/proxy.example.com/alice"));
-        assert_eq!(p.ssh_cert, Path::new("/h/keys/proxy.example.com/alice-cert.pub"));
-        assert_eq!(p.tls_cert, Path::new("/h/keys/proxy.example.com/alice-x509.pem"));
-        assert_eq!(p.tls_key, Path::new("/h/keys/proxy.example.com/alice-x509-key.pem"));
-        assert_eq!(p.known_hosts, Path::new("/h/keys/proxy.example.com/cas/known_hosts"));
-        assert_eq!(p.tls_ca("root"), Path::new("/h/keys/proxy.example.com/cas/root.pem"));
+        assert_eq!(
+            p.ssh_cert,
+            Path::new("/h/keys/proxy.example.com/alice-cert.pub")
+        );
+        assert_eq!(
+            p.tls_cert,
+            Path::new("/h/keys/proxy.example.com/alice-x509.pem")
+        );
+        assert_eq!(
+            p.tls_key,
+            Path::new("/h/keys/proxy.example.com/alice-x509-key.pem")
+        );
+        assert_eq!(
+            p.known_hosts,
+            Path::new("/h/keys/proxy.example.com/cas/known_hosts")
+        );
+        assert_eq!(
+            p.tls_ca("root"),
+            Path::new("/h/keys/proxy.example.com/cas/root.pem")
+        );
         let evil = key_paths(Path::new("/h"), "..", "../../x");
         assert!(evil.private_key.starts_with("/h/keys/"));
         assert_eq!(evil.dir, Path::new("/h/keys/_.."));
@@ -337,7 +391,10 @@ mod tests {
         assert_eq!(split_host_port("a.b"), ("a.b".into(), None));
         assert_eq!(split_host_port("[::1]:22"), ("::1".into(), Some(22)));
         assert_eq!(split_host_port("::1"), ("::1".into(), None));
-        assert_eq!(normalize_proxy("https://p.example.com/").unwrap(), "p.example.com:3080");
+        assert_eq!(
+            normalize_proxy("https://p.example.com/").unwrap(),
+            "p.example.com:3080"
+        );
         assert_eq!(normalize_proxy("127.0.0.1:443").unwrap(), "127.0.0.1:443");
         assert_eq!(join_host_port("::1", 3023), "[::1]:3023");
         assert!(normalize_proxy("").is_err());
@@ -358,7 +415,10 @@ mod tests {
         };
         store.save(&profile).unwrap();
         assert_eq!(store.current().unwrap().as_ref(), Some(&profile));
-        assert!(matches!(store.load_credentials(&profile), Err(TshError::NotLoggedIn)));
+        assert!(matches!(
+            store.load_credentials(&profile),
+            Err(TshError::NotLoggedIn)
+        ));
         store.remove(&profile).unwrap();
         assert!(store.current().unwrap().is_none());
     }

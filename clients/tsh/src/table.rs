@@ -41,7 +41,13 @@ mod tests {
 
     #[test]
     fn columns_are_padded_and_ruled() {
-        let t = render(&["A", "Bee"], &[vec!["long-value".into(), "x".into()], vec!["y".into(), "".into()]]);
+        let t = render(
+            &["A", "Bee"],
+            &[
+                vec!["long-value".into(), "x".into()],
+                vec!["y".into(), "".into()],
+            ],
+        );
         assert_eq!(t, "A          Bee\n---------- ---\nlong-value x\ny\n");
     }
 }

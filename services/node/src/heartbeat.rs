@@ -86,3 +86,19 @@ fn update_cas(cas: &UserCas, lines: &[String]) {
         *current = new;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_pki::ssh::SshCa;
+
+    #[test]
+    fn answers_replace_the_trusted_set_but_never_empty_it() {
+        let (a, b) = (SshCa::generate().unwrap(), SshCa::generate().unwrap());
+        let cas: UserCas = Arc::new(RwLock::new(parse_cas(&[a.public_line().unwrap()])));
+        update_cas(&cas, &[b.public_line().unwrap(), "garbage".into()]);
+        assert_eq!(cas.read().unwrap().iter().map(fingerprint).collect::<Vec<_>>(), vec![fingerprint(b.public_key())]);
+        update_cas(&cas, &[]);
+        assert_eq!(cas.read().unwrap().len(), 1);
+    }
+}

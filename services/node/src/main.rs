@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the node's SSH service.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Print a commented sample configuration.
     Configure,
     /// Print the version.
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Configure => print!("{}", portcullis_config::sample::sample("node")),
         Command::Version => println!("portcullis-node v{}", env!("CARGO_PKG_VERSION")),
-        Command::Start(args) => start(args).await?,
+        Command::Start(args) => start(*args).await?,
     }
     Ok(())
 }

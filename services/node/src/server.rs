@@ -12,19 +12,19 @@ use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Pty, Sig};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::NodeError;
 use crate::audit::Auditor;
 use crate::backend::AuthBackend;
 use crate::heartbeat::UserCas;
-use crate::session::{self, Input, ProcessSpec, PtyParams, env_allowed};
+use crate::session::{self, Input, InputSender, ProcessSpec, PtyParams, env_allowed};
 use crate::users;
 
 /// How long the node waits for the auth service's decision before refusing the login.
 const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client input queued for a process before the connection waits for it to read.
-const INPUT_QUEUE: usize = 64;
+const INPUT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Client environment variables kept per channel, against memory abuse.
 const MAX_ENV_VARS: usize = 128;
 
@@ -53,7 +53,7 @@ struct ChannelState {
     writer: Option<ChannelWriteHalf<Msg>>,
     pty: Option<PtyParams>,
     env: Vec<(String, String)>,
-    input: Option<mpsc::Sender<Input>>,
+    input: Option<InputSender>,
     /// Dropped with the channel or the connection, which hangs the process up.
     _hangup: Option<oneshot::Sender<()>>,
 }
@@ -118,7 +118,7 @@ impl Connection {
                 return fail_channel(session, channel, &e.to_string());
             }
         };
-        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (input_tx, input_rx) = session::input_queue(INPUT_QUEUE_BYTES);
         let (hangup_tx, hangup_rx) = oneshot::channel::<()>();
         state.input = Some(input_tx);
         state._hangup = Some(hangup_tx);
@@ -174,7 +174,7 @@ impl Connection {
         Ok(())
     }
 
-    fn input_sender(&self, channel: ChannelId) -> Option<mpsc::Sender<Input>> {
+    fn input_sender(&self, channel: ChannelId) -> Option<InputSender> {
         self.channels.get(&channel).and_then(|s| s.input.clone())
     }
 }

@@ -7,13 +7,14 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::users::LoginUser;
@@ -74,6 +75,53 @@ pub enum Input {
     Resize { cols: u16, rows: u16, pix_width: u16, pix_height: u16 },
     /// A signal name as SSH spells it (`INT`, `TERM`...), without `SIG`.
     Signal(String),
+}
+
+/// Sends client input to a process. The queue is bounded in bytes, not messages, and
+/// generously: russh re-opens the SSH window as soon as data arrives, so the only
+/// backpressure is making the connection wait here, and a small queue would deadlock a
+/// session whose output is waiting for a window adjustment queued behind that input.
+#[derive(Clone)]
+pub struct InputSender {
+    tx: mpsc::UnboundedSender<(Input, Option<OwnedSemaphorePermit>)>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+/// The process side of [`InputSender`].
+pub struct InputReceiver {
+    rx: mpsc::UnboundedReceiver<(Input, Option<OwnedSemaphorePermit>)>,
+}
+
+/// A queue holding at most `max_bytes` of unread input data (control messages are free).
+pub fn input_queue(max_bytes: usize) -> (InputSender, InputReceiver) {
+    let max = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let (tx, rx) = mpsc::unbounded_channel();
+    (InputSender { tx, budget: Arc::new(Semaphore::new(max)), max }, InputReceiver { rx })
+}
+
+impl InputSender {
+    /// Queues `input`, waiting while the queue is full. Fails once the process has ended.
+    pub async fn send(&self, input: Input) -> Result<(), Input> {
+        let permit = match &input {
+            Input::Data(d) if !d.is_empty() => {
+                let n = u32::try_from(d.len().min(self.max)).unwrap_or(u32::MAX);
+                match self.budget.clone().acquire_many_owned(n).await {
+                    Ok(p) => Some(p),
+                    Err(_) => return Err(input),
+                }
+            }
+            _ => None,
+        };
+        self.tx.send((input, permit)).map_err(|e| e.0.0)
+    }
+}
+
+impl InputReceiver {
+    /// The next input; its bytes leave the budget as soon as it is taken.
+    pub async fn recv(&mut self) -> Option<Input> {
+        self.rx.recv().await.map(|(input, _permit)| input)
+    }
 }
 
 enum Io {
@@ -213,7 +261,7 @@ impl Process {
     /// Feeds `input` to the process and copies its output to `out` (and stderr to `err`;
     /// with a pty everything goes to `out`) until it exits and its output is drained.
     /// When `hangup` completes first the process is hung up (SIGHUP, then SIGKILL).
-    pub async fn run<O, E, H>(self, input: mpsc::Receiver<Input>, out: O, err: E, hangup: H) -> io::Result<Exit>
+    pub async fn run<O, E, H>(self, input: InputReceiver, out: O, err: E, hangup: H) -> io::Result<Exit>
     where
         O: AsyncWrite + Unpin + Send + 'static,
         E: AsyncWrite + Unpin + Send + 'static,
@@ -259,10 +307,10 @@ async fn terminate(child: &mut Child, pty: bool) -> io::Result<ExitStatus> {
         let pid = Pid::from_raw(pid as i32);
         // With a pty the shell leads its own session and process group: hang up all of it.
         let sent = if pty { killpg(pid, Signal::SIGHUP) } else { kill(pid, Signal::SIGHUP) };
-        if sent.is_ok() {
-            if let Ok(status) = tokio::time::timeout(HANGUP_GRACE, child.wait()).await {
-                return status;
-            }
+        if sent.is_ok()
+            && let Ok(status) = tokio::time::timeout(HANGUP_GRACE, child.wait()).await
+        {
+            return status;
         }
     }
     let _ = child.start_kill();
@@ -319,22 +367,22 @@ struct Target {
 }
 
 fn deliver(target: Option<Target>, name: &str) {
-    if let Some(t) = target {
-        if let Err(e) = signal(t.pid, t.pty, name) {
-            tracing::debug!("cannot deliver SIG{name} to the session: {e}");
-        }
+    if let Some(t) = target
+        && let Err(e) = signal(t.pid, t.pty, name)
+    {
+        tracing::debug!("cannot deliver SIG{name} to the session: {e}");
     }
 }
 
-async fn feed_pipe(mut stdin: Option<ChildStdin>, mut input: mpsc::Receiver<Input>, target: Option<Target>) {
+async fn feed_pipe(mut stdin: Option<ChildStdin>, mut input: InputReceiver, target: Option<Target>) {
     while let Some(msg) = input.recv().await {
         match msg {
             Input::Data(data) => {
-                if let Some(s) = stdin.as_mut() {
-                    if s.write_all(&data).await.is_err() {
-                        // The process closed its stdin; later input has nowhere to go.
-                        stdin = None;
-                    }
+                if let Some(s) = stdin.as_mut()
+                    && s.write_all(&data).await.is_err()
+                {
+                    // The process closed its stdin; later input has nowhere to go.
+                    stdin = None;
                 }
             }
             Input::Eof => stdin = None,
@@ -344,7 +392,7 @@ async fn feed_pipe(mut stdin: Option<ChildStdin>, mut input: mpsc::Receiver<Inpu
     }
 }
 
-async fn feed_pty(mut writer: pty_process::OwnedWritePty, mut input: mpsc::Receiver<Input>, target: Option<Target>) {
+async fn feed_pty(mut writer: pty_process::OwnedWritePty, mut input: InputReceiver, target: Option<Target>) {
     while let Some(msg) = input.recv().await {
         match msg {
             Input::Data(data) => {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use portcullis_node::session::{self, Input, ProcessSpec, PtyParams, env_allowed};
 use portcullis_node::users::{self, LoginUser, UserError};
 use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
 
 /// An `AsyncWrite` whose bytes the test reads afterwards.
 #[derive(Clone, Default)]
@@ -48,11 +47,11 @@ fn me() -> LoginUser {
 async fn run_as(user: &LoginUser, command: Option<&str>, env: &[(String, String)], pty: Option<&PtyParams>, input: &[u8]) -> Outcome {
     let spec = ProcessSpec { user, command, env, pty };
     let process = session::spawn(&spec).unwrap();
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, rx) = session::input_queue(1 << 20);
     if !input.is_empty() {
-        tx.send(Input::Data(input.to_vec())).await.unwrap();
+        tx.send(Input::Data(input.to_vec())).await.map_err(drop).unwrap();
     }
-    tx.send(Input::Eof).await.unwrap();
+    tx.send(Input::Eof).await.map_err(drop).unwrap();
     let (out, err) = (Sink::default(), Sink::default());
     let exit = tokio::time::timeout(
         Duration::from_secs(20),
@@ -165,7 +164,7 @@ async fn hangup_ends_a_running_session() {
     let user = me();
     let spec = ProcessSpec { user: &user, command: Some("sleep 60"), env: &[], pty: None };
     let process = session::spawn(&spec).unwrap();
-    let (_tx, rx) = mpsc::channel(1);
+    let (_tx, rx) = session::input_queue(1024);
     let started = Instant::now();
     let exit = process
         .run(rx, Sink::default(), Sink::default(), tokio::time::sleep(Duration::from_millis(200)))
@@ -180,10 +179,10 @@ async fn signals_reach_the_process() {
     let user = me();
     let spec = ProcessSpec { user: &user, command: Some("sleep 60"), env: &[], pty: None };
     let process = session::spawn(&spec).unwrap();
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = session::input_queue(1024);
     let task = tokio::spawn(process.run(rx, Sink::default(), Sink::default(), std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tx.send(Input::Signal("INT".into())).await.unwrap();
+    tx.send(Input::Signal("INT".into())).await.map_err(drop).unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     assert_eq!(exit.code, 128 + 2);
 }
@@ -203,4 +202,28 @@ fn dangerous_environment_variables_are_refused() {
     for ok in ["LANG", "LC_ALL", "TERM_PROGRAM", "MY_VAR", "_X"] {
         assert!(env_allowed(ok), "{ok} should be allowed");
     }
+}
+
+#[tokio::test]
+async fn input_queue_is_bounded_in_bytes() {
+    let (tx, mut rx) = session::input_queue(10);
+    tx.send(Input::Data(vec![1; 8])).await.map_err(drop).unwrap();
+    // Control messages never wait.
+    tx.send(Input::Eof).await.map_err(drop).unwrap();
+    let blocked = tokio::time::timeout(Duration::from_millis(100), tx.send(Input::Data(vec![2; 8]))).await;
+    assert!(blocked.is_err(), "a full queue must make the sender wait");
+    assert!(matches!(rx.recv().await, Some(Input::Data(d)) if d.len() == 8));
+    tokio::time::timeout(Duration::from_secs(1), tx.send(Input::Data(vec![3; 8])))
+        .await
+        .expect("room was made")
+        .map_err(drop)
+        .unwrap();
+    // Data larger than the whole budget still goes through (alone).
+    assert!(matches!(rx.recv().await, Some(Input::Eof)));
+    assert!(matches!(rx.recv().await, Some(Input::Data(d)) if d[0] == 3));
+    tokio::time::timeout(Duration::from_secs(1), tx.send(Input::Data(vec![4; 100])))
+        .await
+        .unwrap()
+        .map_err(drop)
+        .unwrap();
 }

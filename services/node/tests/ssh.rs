@@ -320,3 +320,85 @@ async fn missing_unix_user_gets_a_clear_message() {
     assert_eq!(r.out, "");
     assert_eq!(r.status, Some(1));
 }
+
+#[tokio::test]
+async fn large_streams_flow_both_ways() {
+    let auth = FakeAuth::default();
+    let c = start_node(auth.clone()).await;
+    let (h, ok) = login(&c, &c.user_ca, &current_login()).await;
+    assert!(ok);
+    // Output larger than the SSH window: flow control must keep it whole.
+    let r = exec(&h, "head -c 5000000 /dev/zero | tr '\\0' y").await;
+    assert_eq!(r.out.len(), 5_000_000);
+    assert_eq!(r.status, Some(0));
+
+    // Input echoed back while it is still being sent.
+    let ch = h.channel_open_session().await.unwrap();
+    let (mut rd, wr) = ch.split();
+    wr.exec(true, "cat").await.unwrap();
+    const TOTAL: usize = 8_000_000;
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'z'; 32 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            wr.data_bytes(chunk.clone()).await.unwrap();
+            sent += chunk.len();
+        }
+        wr.eof().await.unwrap();
+        sent
+    });
+    let mut got = 0usize;
+    let mut status = None;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(msg) = rd.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => got += data.len(),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("echoing a large stream stalled");
+    let sent = sender.await.unwrap();
+    assert_eq!(got, sent);
+    assert_eq!(status, Some(0));
+}
+
+/// OpenSSH's client (what `ssh -J` users run) logs in with the certificate, trusts the host
+/// certificate through `@cert-authority`, and gets output and exit status.
+#[tokio::test]
+async fn openssh_client_interoperates() {
+    if !std::path::Path::new("/usr/bin/ssh").exists() {
+        eprintln!("skipped: no /usr/bin/ssh");
+        return;
+    }
+    let auth = FakeAuth::default();
+    let c = start_node(auth.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = generate_key().unwrap();
+    let me = current_login();
+    let cert = user_cert(&c.user_ca, &key, &[&me]);
+    let key_path = dir.path().join("id");
+    portcullis_pki::identity::write_private(&key_path, private_key_openssh(&key).unwrap().as_bytes()).unwrap();
+    std::fs::write(dir.path().join("id-cert.pub"), cert.to_openssh().unwrap()).unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, format!("@cert-authority * {}\n", c.host_ca.public_line().unwrap())).unwrap();
+    let out = tokio::process::Command::new("/usr/bin/ssh")
+        .args(["-F", "/dev/null", "-p", &c.addr.port().to_string(), "-i"])
+        .arg(&key_path)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", dir.path().join("id-cert.pub").display()))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "ConnectTimeout=10", "-l", &me, "127.0.0.1", "echo via-openssh; echo e >&2; exit 9"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-openssh\n", "stderr: {stderr}");
+    assert!(stderr.contains('e'), "{stderr}");
+    assert_eq!(out.status.code(), Some(9), "stderr: {stderr}");
+}

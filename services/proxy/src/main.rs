@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the proxy.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Print a commented sample configuration.
     Configure,
     /// Print the version.
@@ -47,17 +47,29 @@ struct StartArgs {
     tunnel_public_addr: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Configure => print!("{}", portcullis_config::sample::sample("proxy")),
-        Command::Version => println!("portcullis-proxy v{}", env!("CARGO_PKG_VERSION")),
-        Command::Start(args) => {
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(start(args))?;
+    let result = match cli.command {
+        Command::Configure => {
+            print!("{}", portcullis_config::sample::sample("proxy"));
+            Ok(())
+        }
+        Command::Version => {
+            println!("portcullis-proxy v{}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Start(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(start(*args))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Each error's message already includes its cause; `{:#}` joins any added context.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
-    Ok(())
 }
 
 async fn start(args: StartArgs) -> anyhow::Result<()> {

@@ -118,7 +118,15 @@ async fn run_serves_with_a_saved_identity_and_stops() {
             permit_agent_forwarding: false,
         })
         .unwrap();
-    let mut h = client::connect(Arc::new(client::Config::default()), ssh_addr, Client).await.unwrap();
+    // Asking for certificate host keys is what makes the proxy present its host certificate.
+    let config = client::Config {
+        preferred: russh::Preferred {
+            host_key_certificates: std::borrow::Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]),
+            ..russh::Preferred::DEFAULT
+        },
+        ..Default::default()
+    };
+    let mut h = client::connect(Arc::new(config), ssh_addr, Client).await.unwrap();
     assert!(h.authenticate_openssh_cert("alice", key, cert).await.unwrap().success());
     // Auth is unreachable, so the node cannot be resolved: the channel is refused.
     assert!(h.channel_open_direct_tcpip("node-1", 0, "127.0.0.1", 1).await.is_err());

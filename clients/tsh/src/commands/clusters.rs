@@ -29,12 +29,20 @@ pub fn cluster_rows(root: &str, selected: &str, sites: Option<Vec<SiteInfo>>) ->
         labels: BTreeMap::new(),
         selected: selected == root || selected.is_empty(),
     }];
-    let mut leaves: Vec<SiteInfo> = sites.unwrap_or_default().into_iter().filter(|s| s.name != root).collect();
+    let mut leaves: Vec<SiteInfo> = sites
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.name != root)
+        .collect();
     leaves.sort_by(|a, b| a.name.cmp(&b.name));
     for s in leaves {
         rows.push(ClusterRow {
             selected: s.name == selected,
-            status: if s.status.is_empty() { "online".into() } else { s.status },
+            status: if s.status.is_empty() {
+                "online".into()
+            } else {
+                s.status
+            },
             cluster_type: "leaf".into(),
             labels: s.labels,
             cluster_name: s.name,
@@ -53,11 +61,24 @@ pub fn clusters_table(rows: &[ClusterRow]) -> String {
                 r.status.clone(),
                 r.cluster_type.clone(),
                 portcullis_types::format_labels(&r.labels),
-                if r.selected { "*".into() } else { String::new() },
+                if r.selected {
+                    "*".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
-    crate::table::render(&["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"], &cells)
+    crate::table::render(
+        &[
+            "Cluster Name",
+            "Status",
+            "Cluster Type",
+            "Labels",
+            "Selected",
+        ],
+        &cells,
+    )
 }
 
 /// `tsh clusters`.
@@ -70,7 +91,10 @@ pub async fn clusters(ctx: &Context, format: Format) -> Result<(), TshError> {
     let rows = cluster_rows(&profile.cluster, &selected, sites);
     match format {
         Format::Text => print!("{}", clusters_table(&rows)),
-        Format::Json => println!("{}", pretty(&serde_json::to_value(&rows).unwrap_or_default())),
+        Format::Json => println!(
+            "{}",
+            pretty(&serde_json::to_value(&rows).unwrap_or_default())
+        ),
     }
     Ok(())
 }
@@ -94,12 +118,22 @@ mod tests {
             labels: BTreeMap::from([("env".into(), "demo".into())]),
             ..Default::default()
         };
-        let root_dup = SiteInfo { name: "root.example.com".into(), ..Default::default() };
-        let rows = cluster_rows("root.example.com", "leaf.example.com", Some(vec![leaf, root_dup]));
+        let root_dup = SiteInfo {
+            name: "root.example.com".into(),
+            ..Default::default()
+        };
+        let rows = cluster_rows(
+            "root.example.com",
+            "leaf.example.com",
+            Some(vec![leaf, root_dup]),
+        );
         assert_eq!(rows.len(), 2);
         assert!(!rows[0].selected && rows[1].selected);
         let table = clusters_table(&rows);
-        assert!(table.contains("leaf.example.com offline leaf         env=demo *"), "{table}");
+        assert!(
+            table.contains("leaf.example.com offline leaf         env=demo *"),
+            "{table}"
+        );
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[1]["cluster_type"], "leaf");
     }

@@ -12,7 +12,9 @@ use crate::cli::{Format, LoginArgs};
 use crate::commands::status::print_status;
 use crate::error::TshError;
 use crate::http::{LoginRequest, PingResponse, TlsTrust, WebClient};
-use crate::profile::{Credentials, DEFAULT_SSH_PORT, Profile, join_host_port, normalize_proxy, split_host_port};
+use crate::profile::{
+    Credentials, DEFAULT_SSH_PORT, Profile, join_host_port, normalize_proxy, split_host_port,
+};
 
 /// Certificate lifetime when `--ttl` is not given (SPEC §6: 12h, capped by the server).
 const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -41,7 +43,10 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
         .or_else(|| previous.as_ref().map(|p| p.username.clone()))
         .unwrap_or_else(crate::os_user);
     let insecure = ctx.global.insecure || previous.as_ref().is_some_and(|p| p.insecure);
-    let ca_pems = previous.as_ref().map(|p| ctx.store.tls_cas(p)).unwrap_or_default();
+    let ca_pems = previous
+        .as_ref()
+        .map(|p| ctx.store.tls_cas(p))
+        .unwrap_or_default();
     let ttl = match &args.ttl {
         Some(t) => parse_ttl(t)?,
         None => DEFAULT_TTL,
@@ -57,18 +62,25 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
         user: user.clone(),
         password: password.into_inner(),
         ssh_pub_key: portcullis_pki::ssh::public_key_line(ssh_key.public_key())?,
-        tls_pub_key: base64::engine::general_purpose::STANDARD.encode(portcullis_pki::x509::public_key_der(&tls_key)),
+        tls_pub_key: base64::engine::general_purpose::STANDARD
+            .encode(portcullis_pki::x509::public_key_der(&tls_key)),
         ttl_seconds: ttl.as_secs(),
         cluster: args.target_cluster.clone().unwrap_or_default(),
     };
     let resp = web.login(&request).await?;
     drop(request);
 
-    let bad = |what: &str, reason: String| TshError::BadResponse { what: what.into(), reason };
+    let bad = |what: &str, reason: String| TshError::BadResponse {
+        what: what.into(),
+        reason,
+    };
     let ssh_cert = portcullis_pki::ssh::parse_certificate(&resp.ssh_cert)
         .map_err(|e| bad("login: SSH certificate", e.to_string()))?;
     if ssh_cert.public_key() != ssh_key.public_key().key_data() {
-        return Err(bad("login", "the SSH certificate is not for the key tsh sent".into()));
+        return Err(bad(
+            "login",
+            "the SSH certificate is not for the key tsh sent".into(),
+        ));
     }
     let ssh_host_cas = resp
         .cas
@@ -84,8 +96,16 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
     let profile = Profile {
         web_proxy_addr: web_addr.clone(),
         ssh_proxy_addr: ssh_proxy_addr(&ping, &web_host),
-        username: if resp.username.is_empty() { user } else { resp.username.clone() },
-        cluster: if ping.cluster_name.is_empty() { resp.cluster_name.clone() } else { ping.cluster_name.clone() },
+        username: if resp.username.is_empty() {
+            user
+        } else {
+            resp.username.clone()
+        },
+        cluster: if ping.cluster_name.is_empty() {
+            resp.cluster_name.clone()
+        } else {
+            ping.cluster_name.clone()
+        },
         selected_cluster: args.target_cluster.clone().unwrap_or_default(),
         insecure,
     };
@@ -111,7 +131,11 @@ pub fn logout(ctx: &Context) -> Result<(), TshError> {
     match ctx.profile() {
         Ok(profile) => {
             ctx.store.remove(&profile)?;
-            println!("Logged out {} from {}.", profile.username, profile.proxy_host());
+            println!(
+                "Logged out {} from {}.",
+                profile.username,
+                profile.proxy_host()
+            );
             Ok(())
         }
         Err(TshError::NotLoggedIn) => {
@@ -142,7 +166,8 @@ pub fn parse_ttl(s: &str) -> Result<Duration, TshError> {
     let t = s.trim();
     let d = match t.parse::<u64>() {
         Ok(minutes) => Duration::from_secs(minutes.saturating_mul(60)),
-        Err(_) => portcullis_types::parse_duration(t).map_err(|e| TshError::Usage(format!("--ttl: {e}")))?,
+        Err(_) => portcullis_types::parse_duration(t)
+            .map_err(|e| TshError::Usage(format!("--ttl: {e}")))?,
     };
     if d.is_zero() {
         return Err(TshError::Usage("--ttl must be positive".into()));
@@ -183,10 +208,22 @@ mod tests {
 
     #[test]
     fn ssh_address_falls_back_to_the_web_host() {
-        assert_eq!(ssh_proxy_addr(&ping(""), "p.example.com"), "p.example.com:3023");
-        assert_eq!(ssh_proxy_addr(&ping("0.0.0.0:4023"), "p.example.com"), "p.example.com:4023");
-        assert_eq!(ssh_proxy_addr(&ping("ssh.example.com"), "p"), "ssh.example.com:3023");
-        assert_eq!(ssh_proxy_addr(&ping("127.0.0.1:3023"), "p"), "127.0.0.1:3023");
+        assert_eq!(
+            ssh_proxy_addr(&ping(""), "p.example.com"),
+            "p.example.com:3023"
+        );
+        assert_eq!(
+            ssh_proxy_addr(&ping("0.0.0.0:4023"), "p.example.com"),
+            "p.example.com:4023"
+        );
+        assert_eq!(
+            ssh_proxy_addr(&ping("ssh.example.com"), "p"),
+            "ssh.example.com:3023"
+        );
+        assert_eq!(
+            ssh_proxy_addr(&ping("127.0.0.1:3023"), "p"),
+            "127.0.0.1:3023"
+        );
     }
 
     #[test]

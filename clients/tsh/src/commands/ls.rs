@@ -15,7 +15,8 @@ pub const TUNNEL_ADDR: &str = "⟵ Tunnel";
 pub fn parse_label_filter(args: &[String]) -> Result<BTreeMap<String, String>, TshError> {
     let mut out = BTreeMap::new();
     for a in args {
-        let parsed = portcullis_types::parse_labels_arg(a).map_err(|e| TshError::Usage(e.to_string()))?;
+        let parsed =
+            portcullis_types::parse_labels_arg(a).map_err(|e| TshError::Usage(e.to_string()))?;
         out.extend(parsed);
     }
     Ok(out)
@@ -29,7 +30,11 @@ pub fn filter_nodes(mut nodes: Vec<NodeInfo>, filter: &BTreeMap<String, String>)
 }
 
 fn node_name(n: &NodeInfo) -> &str {
-    if n.hostname.is_empty() { &n.id } else { &n.hostname }
+    if n.hostname.is_empty() {
+        &n.id
+    } else {
+        &n.hostname
+    }
 }
 
 /// The text table (`Node Name  Address  Labels`).
@@ -37,8 +42,16 @@ pub fn nodes_table(nodes: &[NodeInfo]) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
-            let addr = if n.tunnel { TUNNEL_ADDR.to_string() } else { n.addr.clone() };
-            vec![node_name(n).to_string(), addr, portcullis_types::format_labels(&n.labels)]
+            let addr = if n.tunnel {
+                TUNNEL_ADDR.to_string()
+            } else {
+                n.addr.clone()
+            };
+            vec![
+                node_name(n).to_string(),
+                addr,
+                portcullis_types::format_labels(&n.labels),
+            ]
         })
         .collect();
     crate::table::render(&["Node Name", "Address", "Labels"], &rows)
@@ -83,15 +96,30 @@ mod tests {
             id: id.into(),
             hostname: host.into(),
             addr: addr.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             tunnel,
         }
     }
 
     fn sample() -> Vec<NodeInfo> {
         vec![
-            node("b2", "ip-172-3-2-205", "", true, &[("hostname", "ip-172-3-2-205")]),
-            node("a1", "ip-172-3-1-242", "127.0.0.1:3022", false, &[("hostname", "ip-172-3-1-242"), ("env", "prod")]),
+            node(
+                "b2",
+                "ip-172-3-2-205",
+                "",
+                true,
+                &[("hostname", "ip-172-3-2-205")],
+            ),
+            node(
+                "a1",
+                "ip-172-3-1-242",
+                "127.0.0.1:3022",
+                false,
+                &[("hostname", "ip-172-3-1-242"), ("env", "prod")],
+            ),
         ]
     }
 

@@ -6,16 +6,15 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use russh::client::Handle;
-use russh::{ChannelMsg, Disconnect};
-use tokio::io::AsyncReadExt;
+use russh::Disconnect;
 
 use crate::Context;
 use crate::cli::SshArgs;
 use crate::error::TshError;
 use crate::http::AuthorizeRequest;
 use crate::profile::{Credentials, Profile, join_host_port, split_host_port};
-use crate::ssh::client::{self, Expect, HostCheck, SharedState};
+use crate::ssh::client::{self, Expect, HostCheck};
+use crate::ssh::route::{self, NodeStream};
 use crate::ssh::session::{self, SessionOptions};
 
 /// Splits `[LOGIN@]HOST`; the last `@` separates, so logins may contain one.
@@ -28,8 +27,15 @@ pub fn split_destination(dest: &str) -> (Option<String>, String) {
 }
 
 /// The login: `-l`, then `LOGIN@`, then the local user name.
-pub fn choose_login(flag: Option<&str>, from_dest: Option<&str>, os_user: impl FnOnce() -> String) -> String {
-    flag.filter(|l| !l.is_empty()).or(from_dest).map(str::to_string).unwrap_or_else(os_user)
+pub fn choose_login(
+    flag: Option<&str>,
+    from_dest: Option<&str>,
+    os_user: impl FnOnce() -> String,
+) -> String {
+    flag.filter(|l| !l.is_empty())
+        .or(from_dest)
+        .map(str::to_string)
+        .unwrap_or_else(os_user)
 }
 
 /// Names the node's host certificate may carry for the host the user asked for.
@@ -67,14 +73,23 @@ impl Explainer<'_> {
     }
 
     async fn refused(&self, who: &str) -> TshError {
-        let generic = format!("{who} refused the certificate for login {:?}", self.request.login);
+        let generic = format!(
+            "{who} refused the certificate for login {:?}",
+            self.request.login
+        );
         match self.ask().await {
             Ok(r) if !r.allowed && !r.reason.is_empty() => {
-                let reason = r.reason.strip_prefix("access denied: ").unwrap_or(&r.reason).to_string();
+                let reason = r
+                    .reason
+                    .strip_prefix("access denied: ")
+                    .unwrap_or(&r.reason)
+                    .to_string();
                 TshError::AccessDenied(reason)
             }
             Ok(_) => TshError::AccessDenied(generic),
-            Err(e) => TshError::AccessDenied(format!("{generic} (the proxy could not say why: {e})")),
+            Err(e) => {
+                TshError::AccessDenied(format!("{generic} (the proxy could not say why: {e})"))
+            }
         }
     }
 }
@@ -84,7 +99,10 @@ pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     let (profile, creds) = ctx.logged_in()?;
     let (login_at, host_part) = split_destination(&args.destination);
     if host_part.is_empty() {
-        return Err(TshError::Usage(format!("no host in {:?}", args.destination)));
+        return Err(TshError::Usage(format!(
+            "no host in {:?}",
+            args.destination
+        )));
     }
     let login = choose_login(args.login.as_deref(), login_at.as_deref(), crate::os_user);
     let (host, port_in_host) = split_host_port(&host_part);
@@ -116,30 +134,38 @@ pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     let cas = Arc::new(creds.ssh_host_cas.clone());
     let key = Arc::new(creds.ssh_key.clone());
 
-    let (mut proxy, proxy_state) = client::connect_proxy(&profile.ssh_proxy_addr, cas.clone()).await?;
+    let (mut proxy, proxy_state) =
+        client::connect_proxy(&profile.ssh_proxy_addr, cas.clone()).await?;
     let auth = proxy
         .authenticate_openssh_cert(login.clone(), key.clone(), creds.ssh_cert.clone())
         .await
-        .map_err(|e| client::handshake_error("the proxy", &profile.ssh_proxy_addr, &e, &proxy_state))?;
+        .map_err(|e| {
+            client::handshake_error("the proxy", &profile.ssh_proxy_addr, &e, &proxy_state)
+        })?;
     if !auth.success() {
         return Err(explain.refused("the proxy").await);
     }
 
     let stream = if cluster == profile.cluster {
-        let channel = proxy
-            .channel_open_direct_tcpip(host.clone(), u32::from(port), "127.0.0.1", 0)
-            .await
-            .map_err(|e| open_error(&host_part, &e, &proxy_state))?;
-        NodeStream::Direct(channel.into_stream())
+        route::direct(&proxy, &host, port, &host_part, &proxy_state).await?
     } else {
         let subsystem = format!("proxy:{host}:{port}@{cluster}");
-        open_subsystem(&proxy, &subsystem, &host_part, &proxy_state).await?
+        route::subsystem(&proxy, &subsystem, &host_part, &proxy_state).await?
     };
 
     let (handler, node_state) = HostCheck::new(cas, Expect::Node { names });
-    let mut node = match stream {
-        NodeStream::Direct(s) => client::handshake(s, handler, "the node", &host_part, &node_state).await?,
-        NodeStream::Subsystem(s) => client::handshake(s, handler, "the node", &host_part, &node_state).await?,
+    let node = match stream {
+        NodeStream::Direct(s) => {
+            client::handshake(s, handler, "the node", &host_part, &node_state).await
+        }
+        NodeStream::Subsystem(s) => {
+            client::handshake(s, handler, "the node", &host_part, &node_state).await
+        }
+    };
+    // A subsystem is accepted before the proxy dials; its stderr says why a dial failed.
+    let mut node = match node {
+        Ok(n) => n,
+        Err(e) => return Err(route::subsystem_failure(&host_part, &proxy_state).unwrap_or(e)),
     };
     let auth = node
         .authenticate_openssh_cert(login.clone(), key, creds.ssh_cert.clone())
@@ -155,69 +181,15 @@ pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
         command: (!args.command.is_empty()).then(|| args.command.join(" ")),
         pty,
         raw: pty && stdin_tty,
-        term: std::env::var("TERM").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "xterm".into()),
+        term: std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "xterm".into()),
     };
     let code = session::run(&node, &opts).await;
     let _ = node.disconnect(Disconnect::ByApplication, "", "en").await;
     let _ = proxy.disconnect(Disconnect::ByApplication, "", "en").await;
     code
-}
-
-type ChannelStream = russh::ChannelStream<russh::client::Msg>;
-type Prefixed = tokio::io::Join<
-    tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::io::ReadHalf<ChannelStream>>,
-    tokio::io::WriteHalf<ChannelStream>,
->;
-
-/// The byte stream to the node.
-enum NodeStream {
-    Direct(ChannelStream),
-    /// A subsystem channel, with any bytes that came before the request's reply in front.
-    Subsystem(Prefixed),
-}
-
-fn open_error(node: &str, e: &russh::Error, state: &SharedState) -> TshError {
-    let said = state.lock().ok().and_then(|s| s.open_failure.clone().or_else(|| s.disconnect.clone()));
-    match said {
-        Some(reason) => TshError::Ssh(format!("cannot connect to {node} through the proxy: {reason}")),
-        None => TshError::Ssh(format!("cannot connect to {node} through the proxy: {e}")),
-    }
-}
-
-/// Opens a session channel and requests the Teleport-style `proxy:host:port@cluster`
-/// subsystem (for leaf clusters).
-async fn open_subsystem<H: russh::client::Handler>(
-    proxy: &Handle<H>,
-    subsystem: &str,
-    node: &str,
-    state: &SharedState,
-) -> Result<NodeStream, TshError> {
-    let mut channel = proxy.channel_open_session().await.map_err(|e| open_error(node, &e, state))?;
-    channel
-        .request_subsystem(true, subsystem)
-        .await
-        .map_err(|e| TshError::Ssh(format!("cannot request subsystem {subsystem}: {e}")))?;
-    let mut early = Vec::new();
-    let mut errors = Vec::new();
-    loop {
-        match channel.wait().await {
-            Some(ChannelMsg::Success) => break,
-            Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
-            Some(ChannelMsg::ExtendedData { data, .. }) => errors.extend_from_slice(&data),
-            Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
-                let said = String::from_utf8_lossy(&errors).trim().to_string();
-                let reason = if said.is_empty() {
-                    format!("the proxy refused subsystem {subsystem}")
-                } else {
-                    said
-                };
-                return Err(TshError::Ssh(format!("cannot connect to {node}: {reason}")));
-            }
-            Some(_) => {}
-        }
-    }
-    let (read, write) = tokio::io::split(channel.into_stream());
-    Ok(NodeStream::Subsystem(tokio::io::join(std::io::Cursor::new(early).chain(read), write)))
 }
 
 /// Ids and names of the nodes listening at `host[:port]`, so a node dialled by address is
@@ -257,9 +229,15 @@ mod tests {
 
     #[test]
     fn destination_splitting() {
-        assert_eq!(split_destination("visitor@node-1"), (Some("visitor".into()), "node-1".into()));
+        assert_eq!(
+            split_destination("visitor@node-1"),
+            (Some("visitor".into()), "node-1".into())
+        );
         assert_eq!(split_destination("node-1"), (None, "node-1".into()));
-        assert_eq!(split_destination("a@b.com@10.0.0.1:22"), (Some("a@b.com".into()), "10.0.0.1:22".into()));
+        assert_eq!(
+            split_destination("a@b.com@10.0.0.1:22"),
+            (Some("a@b.com".into()), "10.0.0.1:22".into())
+        );
         assert_eq!(split_destination("@node"), (None, "node".into()));
     }
 
@@ -273,7 +251,10 @@ mod tests {
 
     #[test]
     fn names_for_the_host_check() {
-        assert_eq!(node_names("node-1", 0, "leaf"), vec!["node-1", "node-1.leaf"]);
+        assert_eq!(
+            node_names("node-1", 0, "leaf"),
+            vec!["node-1", "node-1.leaf"]
+        );
         assert_eq!(node_names("10.0.0.1", 3022, "root")[2], "10.0.0.1:3022");
     }
 }

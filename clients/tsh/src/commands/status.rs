@@ -9,10 +9,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::Context;
 use crate::cli::Format;
 use crate::error::TshError;
 use crate::profile::Profile;
-use crate::Context;
 
 /// The `.active` object of `tsh status -f json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,7 +45,12 @@ pub fn active_profile(profile: &Profile, cert: &Certificate) -> Result<ActivePro
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default();
     // Teleport's own extensions carry roles and traits, shown separately.
-    let extensions = cert.extensions().keys().filter(|k| !k.starts_with("teleport-")).cloned().collect();
+    let extensions = cert
+        .extensions()
+        .keys()
+        .filter(|k| !k.starts_with("teleport-"))
+        .cloned()
+        .collect();
     Ok(ActiveProfile {
         profile_url: format!("https://{}", profile.web_proxy_addr),
         username: info.username,
@@ -70,8 +75,10 @@ pub fn status_text(active: &ActiveProfile, key_path: &Path, now: u64) -> String 
     let stamp = OffsetDateTime::from_unix_timestamp(until)
         .ok()
         .and_then(|t| {
-            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC"))
-                .ok()
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC"
+            ))
+            .ok()
         })
         .unwrap_or_else(|| active.valid_until.clone());
     let validity = if now >= active.valid_before {
@@ -79,7 +86,10 @@ pub fn status_text(active: &ActiveProfile, key_path: &Path, now: u64) -> String 
     } else {
         // Rounded to the minute, as Teleport shows it.
         let left = (active.valid_before - now + 30) / 60 * 60;
-        format!("[valid for {}]", portcullis_types::duration::format_duration_go(Duration::from_secs(left)))
+        format!(
+            "[valid for {}]",
+            portcullis_types::duration::format_duration_go(Duration::from_secs(left))
+        )
     };
     let row = |label: &str, value: &str| format!("  {:<20}{value}\n", format!("{label}:"));
     let mut out = format!("> {:<20}{}\n", "Profile URL:", active.profile_url);
@@ -94,7 +104,12 @@ pub fn status_text(active: &ActiveProfile, key_path: &Path, now: u64) -> String 
 }
 
 /// Prints the status of the current profile (also used after `tsh login`).
-pub fn print_status(ctx: &Context, profile: &Profile, cert: &Certificate, format: Format) -> Result<(), TshError> {
+pub fn print_status(
+    ctx: &Context,
+    profile: &Profile,
+    cert: &Certificate,
+    format: Format,
+) -> Result<(), TshError> {
     let active = active_profile(profile, cert)?;
     match format {
         Format::Json => println!("{}", pretty(&status_json(&active))),
@@ -159,8 +174,14 @@ mod tests {
         assert_eq!(a["cluster"], "root");
         assert_eq!(a["roles"], serde_json::json!(["access", "editor"]));
         assert_eq!(a["logins"], serde_json::json!(["alice", "visitor"]));
-        assert_eq!(a["traits"]["logins"], serde_json::json!(["alice", "visitor"]));
-        assert_eq!(a["extensions"], serde_json::json!(["permit-port-forwarding", "permit-pty"]));
+        assert_eq!(
+            a["traits"]["logins"],
+            serde_json::json!(["alice", "visitor"])
+        );
+        assert_eq!(
+            a["extensions"],
+            serde_json::json!(["permit-port-forwarding", "permit-pty"])
+        );
         let until = a["valid_until"].as_str().unwrap();
         let parsed = OffsetDateTime::parse(until, &Rfc3339).unwrap();
         assert_eq!(parsed.unix_timestamp() as u64, active.valid_before);
@@ -178,9 +199,15 @@ mod tests {
         let active = active_profile(&profile(), &cert("")).unwrap();
         let now = active.valid_before - (11 * 3600 + 59 * 60);
         let text = status_text(&active, Path::new("/h/keys/proxy.example.com/alice"), now);
-        assert!(text.starts_with("> Profile URL:        https://proxy.example.com:3080\n"), "{text}");
+        assert!(
+            text.starts_with("> Profile URL:        https://proxy.example.com:3080\n"),
+            "{text}"
+        );
         assert!(text.contains("  Logged in as:       alice\n"), "{text}");
-        assert!(text.contains("  Logins:             alice, visitor\n"), "{text}");
+        assert!(
+            text.contains("  Logins:             alice, visitor\n"),
+            "{text}"
+        );
         assert!(text.contains("[valid for 11h59m0s]"), "{text}");
         assert!(text.contains("/h/keys/proxy.example.com/alice"), "{text}");
         let expired = status_text(&active, Path::new("/k"), active.valid_before + 1);

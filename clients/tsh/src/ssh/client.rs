@@ -55,7 +55,14 @@ pub struct HostCheck {
 impl HostCheck {
     pub fn new(cas: Arc<Vec<PublicKey>>, expect: Expect) -> (Self, SharedState) {
         let state = SharedState::default();
-        (HostCheck { cas, expect, state: state.clone() }, state)
+        (
+            HostCheck {
+                cas,
+                expect,
+                state: state.clone(),
+            },
+            state,
+        )
     }
 
     fn set(&self, f: impl FnOnce(&mut ConnState)) {
@@ -86,12 +93,18 @@ pub fn check_host_key(
     check_host_cert(cert, cas, expect, now)
 }
 
-fn check_host_cert(cert: &Certificate, cas: &[PublicKey], expect: &Expect, now: u64) -> Result<(), String> {
+fn check_host_cert(
+    cert: &Certificate,
+    cas: &[PublicKey],
+    expect: &Expect,
+    now: u64,
+) -> Result<(), String> {
     let principals = cert.valid_principals();
     // Signature, validity and certificate type are checked once, with a principal the
     // certificate has; which names are acceptable is decided below.
     let any = principals.first().map(String::as_str).unwrap_or_default();
-    verify_host_cert(cert, cas, any, now).map_err(|e| format!("{} host certificate: {e}", expect.what()))?;
+    verify_host_cert(cert, cas, any, now)
+        .map_err(|e| format!("{} host certificate: {e}", expect.what()))?;
     let names: &[String] = match expect {
         Expect::Proxy { dial_host } => {
             if cert.extensions().get(EXT_HOST_ROLE).map(String::as_str) == Some("Proxy") {
@@ -115,7 +128,10 @@ fn check_host_cert(cert: &Certificate, cas: &[PublicKey], expect: &Expect, now: 
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         match check_host_key(key, &self.cas, &self.expect, portcullis_pki::unix_now()) {
             Ok(()) => Ok(true),
             Err(reason) => {
@@ -126,7 +142,11 @@ impl client::Handler for HostCheck {
         }
     }
 
-    async fn auth_banner(&mut self, banner: &str, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_banner(
+        &mut self,
+        banner: &str,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         eprint!("{banner}");
         Ok(())
     }
@@ -139,12 +159,19 @@ impl client::Handler for HostCheck {
         _language: &str,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let text = if description.is_empty() { format!("{reason:?}") } else { description.to_string() };
+        let text = if description.is_empty() {
+            format!("{reason:?}")
+        } else {
+            description.to_string()
+        };
         self.set(|s| s.open_failure = Some(text));
         Ok(())
     }
 
-    async fn disconnected(&mut self, reason: DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+    async fn disconnected(
+        &mut self,
+        reason: DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
         match reason {
             DisconnectReason::ReceivedDisconnect(info) => {
                 if !info.message.is_empty() {
@@ -175,7 +202,10 @@ pub fn handshake_error(what: &str, addr: &str, e: &russh::Error, state: &SharedS
     if let Some(msg) = s.as_ref().and_then(|s| s.disconnect.clone()) {
         return TshError::Ssh(format!("{what} ({addr}) closed the connection: {msg}"));
     }
-    TshError::Ssh(format!("SSH handshake with {what} ({addr}) failed: {}", error_chain(e)))
+    TshError::Ssh(format!(
+        "SSH handshake with {what} ({addr}) failed: {}",
+        error_chain(e)
+    ))
 }
 
 /// Opens SSH to the proxy's SSH address (TCP, then handshake with host-certificate check).
@@ -184,12 +214,21 @@ pub async fn connect_proxy(
     cas: Arc<Vec<PublicKey>>,
 ) -> Result<(Handle<HostCheck>, SharedState), TshError> {
     let (dial_host, _) = crate::profile::split_host_port(addr);
-    let unreachable = |reason: String| TshError::Unreachable { addr: addr.to_string(), reason };
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Err(_) => return Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+    let unreachable = |reason: String| TshError::Unreachable {
+        addr: addr.to_string(),
+        reason,
     };
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
     let _ = tcp.set_nodelay(true);
     let (handler, state) = HostCheck::new(cas, Expect::Proxy { dial_host });
     let handle = handshake(tcp, handler, "the proxy", addr, &state).await?;
@@ -207,7 +246,12 @@ pub async fn handshake<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(CONNECT_TIMEOUT, client::connect_stream(config(), stream, handler)).await {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client::connect_stream(config(), stream, handler),
+    )
+    .await
+    {
         Ok(Ok(h)) => Ok(h),
         Ok(Err(e)) => Err(handshake_error(what, addr, &e, state)),
         Err(_) => Err(TshError::Ssh(format!(
@@ -243,14 +287,34 @@ mod tests {
         let cert = PublicKeyOrCertificate::Certificate(host_cert(&ca, "Node"));
         let now = portcullis_pki::unix_now();
         for name in ["node-1", "0a1b", "127.0.0.1", "node-1.root"] {
-            check_host_key(&cert, &cas, &Expect::Node { names: vec![name.into()] }, now).unwrap();
+            check_host_key(
+                &cert,
+                &cas,
+                &Expect::Node {
+                    names: vec![name.into()],
+                },
+                now,
+            )
+            .unwrap();
         }
-        let err = check_host_key(&cert, &cas, &Expect::Node { names: vec!["node-2".into()] }, now).unwrap_err();
+        let err = check_host_key(
+            &cert,
+            &cas,
+            &Expect::Node {
+                names: vec!["node-2".into()],
+            },
+            now,
+        )
+        .unwrap_err();
         assert!(err.contains("not valid for node-2"), "{err}");
         // A node certificate is no proxy certificate unless it names the dialled host.
-        let proxy = Expect::Proxy { dial_host: "proxy.example.com".into() };
+        let proxy = Expect::Proxy {
+            dial_host: "proxy.example.com".into(),
+        };
         assert!(check_host_key(&cert, &cas, &proxy, now).is_err());
-        let by_name = Expect::Proxy { dial_host: "127.0.0.1".into() };
+        let by_name = Expect::Proxy {
+            dial_host: "127.0.0.1".into(),
+        };
         check_host_key(&cert, &cas, &by_name, now).unwrap();
     }
 
@@ -260,7 +324,9 @@ mod tests {
         let other = SshCa::generate().unwrap();
         let cas = vec![ca.public_key().clone()];
         let now = portcullis_pki::unix_now();
-        let proxy = Expect::Proxy { dial_host: "proxy.example.com".into() };
+        let proxy = Expect::Proxy {
+            dial_host: "proxy.example.com".into(),
+        };
         let cert = PublicKeyOrCertificate::Certificate(host_cert(&ca, "Proxy"));
         check_host_key(&cert, &cas, &proxy, now).unwrap();
         let err = check_host_key(&cert, &cas, &proxy, now + 3600).unwrap_err();

@@ -40,7 +40,10 @@ pub async fn run<H: Handler>(handle: &Handle<H>, opts: &SessionOptions) -> Resul
     let send_err = |e: russh::Error| TshError::Ssh(format!("session request failed: {e}"));
     if opts.pty {
         let (cols, rows) = tty::window_size();
-        channel.request_pty(true, &opts.term, cols, rows, 0, 0, &[]).await.map_err(send_err)?;
+        channel
+            .request_pty(true, &opts.term, cols, rows, 0, 0, &[])
+            .await
+            .map_err(send_err)?;
         pending.push(Pending::Pty);
     }
     match &opts.command {
@@ -49,7 +52,11 @@ pub async fn run<H: Handler>(handle: &Handle<H>, opts: &SessionOptions) -> Resul
     }
     pending.push(Pending::Start);
 
-    let raw = if opts.raw { Some(RawMode::enable()?) } else { None };
+    let raw = if opts.raw {
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
 
@@ -77,9 +84,13 @@ pub async fn run<H: Handler>(handle: &Handle<H>, opts: &SessionOptions) -> Resul
         let w = writer.clone();
         Some(tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut sig) = signal(SignalKind::window_change()) else { return };
+            let Ok(mut sig) = signal(SignalKind::window_change()) else {
+                return;
+            };
             while sig.recv().await.is_some() {
-                let (cols, rows) = tokio::task::spawn_blocking(tty::window_size).await.unwrap_or((80, 24));
+                let (cols, rows) = tokio::task::spawn_blocking(tty::window_size)
+                    .await
+                    .unwrap_or((80, 24));
                 if w.window_change(cols, rows, 0, 0).await.is_err() {
                     break;
                 }
@@ -129,20 +140,36 @@ async fn pump_output(
             ChannelMsg::ExitStatus { exit_status } => {
                 status = Some(i32::try_from(exit_status).unwrap_or(255));
             }
-            ChannelMsg::ExitSignal { signal_name, error_message, .. } => {
+            ChannelMsg::ExitSignal {
+                signal_name,
+                error_message,
+                ..
+            } => {
                 status = Some(128 + signal_number(&signal_name));
-                let msg = if error_message.is_empty() { String::new() } else { format!(": {error_message}") };
-                note = Some(format!("remote process killed by signal {signal_name:?}{msg}"));
+                let msg = if error_message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {error_message}")
+                };
+                note = Some(format!(
+                    "remote process killed by signal {signal_name:?}{msg}"
+                ));
             }
             ChannelMsg::Success if !pending.is_empty() => {
                 pending.remove(0);
             }
             ChannelMsg::Failure => {
-                let what = if pending.is_empty() { Pending::Start } else { pending.remove(0) };
+                let what = if pending.is_empty() {
+                    Pending::Start
+                } else {
+                    pending.remove(0)
+                };
                 match what {
                     Pending::Pty => tracing::warn!("the node refused a pseudo-terminal"),
                     Pending::Start => {
-                        return Err(TshError::Ssh("the node refused to start the shell or command".into()));
+                        return Err(TshError::Ssh(
+                            "the node refused to start the shell or command".into(),
+                        ));
                     }
                 }
             }
@@ -154,7 +181,10 @@ async fn pump_output(
     Ok((status, note))
 }
 
-async fn write_out<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+) -> std::io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
 }

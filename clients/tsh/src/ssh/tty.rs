@@ -15,7 +15,8 @@ pub struct RawMode {
 impl RawMode {
     pub fn enable() -> Result<Self, TshError> {
         let stdin = std::io::stdin();
-        let original = tcgetattr(stdin.as_fd()).map_err(|e| TshError::Terminal(format!("cannot read mode: {e}")))?;
+        let original = tcgetattr(stdin.as_fd())
+            .map_err(|e| TshError::Terminal(format!("cannot read mode: {e}")))?;
         let mut raw = original.clone();
         cfmakeraw(&mut raw);
         tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &raw)
@@ -61,7 +62,12 @@ fn parse_stty_size(text: &str) -> Option<(u32, u32)> {
 }
 
 fn env_size() -> Option<(u32, u32)> {
-    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|v| *v > 0);
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|v| *v > 0)
+    };
     Some((get("COLUMNS")?, get("LINES")?))
 }
 

@@ -1,0 +1,149 @@
+//! The channel through the proxy to a node: `direct-tcpip` for the root cluster, the
+//! `proxy:host:port@cluster` subsystem for leaf clusters; either becomes a byte stream for
+//! the end-to-end SSH session to the node.
+
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{Handle, Handler, Msg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use crate::error::TshError;
+use crate::ssh::client::SharedState;
+
+/// The byte stream to the node.
+pub enum NodeStream {
+    Direct(russh::ChannelStream<Msg>),
+    /// A subsystem channel pumped through a pipe, so the proxy's error text (sent on stderr
+    /// when it cannot dial the node) is kept for the user.
+    Subsystem(DuplexStream),
+}
+
+/// Opens a `direct-tcpip` channel to `host:port` (port 0: the node's own).
+pub async fn direct<H: Handler>(
+    proxy: &Handle<H>,
+    host: &str,
+    port: u16,
+    node: &str,
+    state: &SharedState,
+) -> Result<NodeStream, TshError> {
+    match proxy
+        .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+        .await
+    {
+        Ok(c) => Ok(NodeStream::Direct(c.into_stream())),
+        Err(e) => Err(open_error(node, &e, state).await),
+    }
+}
+
+/// Explains a refused channel with the proxy's description.
+pub async fn open_error(node: &str, e: &russh::Error, state: &SharedState) -> TshError {
+    // russh wakes the caller before it hands the server's description to the handler, so
+    // give the handler a moment to record it.
+    let mut said = None;
+    for _ in 0..50 {
+        said = state
+            .lock()
+            .ok()
+            .and_then(|s| s.open_failure.clone().or_else(|| s.disconnect.clone()));
+        if said.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reason = said.unwrap_or_else(|| e.to_string());
+    TshError::Ssh(format!(
+        "cannot connect to {node} through the proxy: {reason}"
+    ))
+}
+
+/// What the proxy said about a subsystem it could not connect, if anything.
+pub fn subsystem_failure(node: &str, state: &SharedState) -> Option<TshError> {
+    let said = state.lock().ok()?.open_failure.clone()?;
+    Some(TshError::Ssh(format!("cannot connect to {node}: {said}")))
+}
+
+/// Opens a session channel and requests the `proxy:host:port@cluster` subsystem.
+pub async fn subsystem<H: Handler>(
+    proxy: &Handle<H>,
+    subsystem: &str,
+    node: &str,
+    state: &SharedState,
+) -> Result<NodeStream, TshError> {
+    let mut channel = match proxy.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => return Err(open_error(node, &e, state).await),
+    };
+    channel
+        .request_subsystem(true, subsystem)
+        .await
+        .map_err(|e| TshError::Ssh(format!("cannot request subsystem {subsystem}: {e}")))?;
+    let mut early = Vec::new();
+    let mut errors = Vec::new();
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => break,
+            Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
+            Some(ChannelMsg::ExtendedData { data, .. }) => errors.extend_from_slice(&data),
+            Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
+                let said = String::from_utf8_lossy(&errors).trim().to_string();
+                let reason = if said.is_empty() {
+                    format!("the proxy refused subsystem {subsystem}")
+                } else {
+                    said
+                };
+                return Err(TshError::Ssh(format!("cannot connect to {node}: {reason}")));
+            }
+            Some(_) => {}
+        }
+    }
+
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut from_node_side, mut to_node_side) = tokio::io::split(ours);
+    let (mut reader, writer) = channel.split();
+    let state = state.clone();
+    // Channel -> pipe; stderr text is the proxy's reason for a failed dial.
+    tokio::spawn(async move {
+        if to_node_side.write_all(&early).await.is_err() {
+            return;
+        }
+        let mut stderr = Vec::new();
+        while let Some(msg) = reader.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    if to_node_side.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, .. } => {
+                    stderr.extend_from_slice(&data);
+                    let text = String::from_utf8_lossy(&stderr).trim().to_string();
+                    if let Ok(mut s) = state.lock() {
+                        s.open_failure = Some(text);
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = to_node_side.shutdown().await;
+    });
+    // Pipe -> channel.
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_node_side.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = writer.eof().await;
+                    break;
+                }
+                Ok(n) => {
+                    if writer.data(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok(NodeStream::Subsystem(theirs))
+}
