@@ -1,4 +1,5 @@
 //! `tsh` binary: everything happens in the library; this only hands over the arguments.
+#![forbid(unsafe_code)]
 
 #[tokio::main]
 async fn main() {

@@ -85,6 +85,7 @@ async fn login_ls_clusters_ssh_logout() {
             & 0o777,
         0o600
     );
+    openssh_reads(&keys);
     let known = std::fs::read_to_string(&keys.known_hosts).unwrap();
     assert!(
         known.starts_with("@cert-authority * ssh-ed25519 "),
@@ -150,4 +151,27 @@ async fn login_ls_clusters_ssh_logout() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tsh_with(h, &["ls"], None, &[]).await;
     assert_eq!(code, 0, "{err}");
+}
+
+/// OpenSSH's own tools accept the saved key and certificate (skipped without ssh-keygen).
+fn openssh_reads(keys: &tsh::KeyPaths) {
+    let run =
+        |args: &[&std::ffi::OsStr]| std::process::Command::new("ssh-keygen").args(args).output();
+    let Ok(out) = run(&["-L".as_ref(), "-f".as_ref(), keys.ssh_cert.as_os_str()]) else {
+        eprintln!("skipped: no ssh-keygen");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Key ID: \"alice\""),
+        "{text}"
+    );
+    let out = run(&["-y".as_ref(), "-f".as_ref(), keys.private_key.as_os_str()]).unwrap();
+    let public = std::fs::read_to_string(&keys.public_key).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1),
+        public.split_whitespace().nth(1)
+    );
 }

@@ -80,7 +80,7 @@ impl Connection {
             "node": self.ctx.nodename,
             "node_id": self.ctx.node_id,
             "remote_addr": self.remote_addr,
-            "reason": reason,
+            "error": reason,
             "source": "node",
         }));
     }

@@ -290,7 +290,7 @@ async fn untrusted_certificate_is_refused_and_audited() {
     assert_eq!(ev["success"], false);
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["source"], "node");
-    assert!(ev["reason"].as_str().unwrap().contains("does not trust"), "{ev}");
+    assert!(ev["error"].as_str().unwrap().contains("does not trust"), "{ev}");
 }
 
 #[tokio::test]

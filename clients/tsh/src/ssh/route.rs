@@ -13,7 +13,7 @@ use crate::ssh::client::SharedState;
 
 /// The byte stream to the node.
 pub enum NodeStream {
-    Direct(russh::ChannelStream<Msg>),
+    Direct(Box<russh::ChannelStream<Msg>>),
     /// A subsystem channel pumped through a pipe, so the proxy's error text (sent on stderr
     /// when it cannot dial the node) is kept for the user.
     Subsystem(DuplexStream),
@@ -31,7 +31,7 @@ pub async fn direct<H: Handler>(
         .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
         .await
     {
-        Ok(c) => Ok(NodeStream::Direct(c.into_stream())),
+        Ok(c) => Ok(NodeStream::Direct(Box::new(c.into_stream()))),
         Err(e) => Err(open_error(node, &e, state).await),
     }
 }
@@ -111,7 +111,8 @@ pub async fn subsystem<H: Handler>(
         while let Some(msg) = reader.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    if to_node_side.write_all(&data).await.is_err() {
+                    let written = to_node_side.write_all(&data).await;
+                    if written.is_err() {
                         break;
                     }
                 }
