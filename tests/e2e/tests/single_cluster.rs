@@ -140,15 +140,22 @@ fn single_cluster_end_to_end() {
     assert!(known_hosts.exists(), "tsh keeps the host CA for OpenSSH at {}", known_hosts.display());
     let node_port = c.nodes["devnode"].1;
     let jump = format!("alice@127.0.0.1:{}", c.ports.ssh);
+    // Options go in a config file: OpenSSH does not pass `-o` options on to the jump hop.
+    let ssh_config = lab.root.join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host *\n  UserKnownHostsFile {}\n  CertificateFile {}\n  IdentityFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n",
+            known_hosts.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
     let ssh = run_cmd(
         Command::new("ssh")
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .arg("-o")
-            .arg(format!("CertificateFile={}", cert.display()))
-            .arg("-i")
-            .arg(&key)
+            .arg("-F")
+            .arg(&ssh_config)
             .arg("-J")
             .arg(&jump)
             .arg("-p")
