@@ -1,6 +1,6 @@
 //! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["portcullis/auth/v1/auth.proto"];
+    let protos = ["portcullis/auth/v1/auth.proto", "portcullis/tunnel/v1/tunnel.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

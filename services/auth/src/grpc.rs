@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_pki::Secret;
-use portcullis_pki::x509::{TlsIdentity, system_role, verify_client_cert};
+use portcullis_pki::x509::{TlsIdentity, system_role};
 use portcullis_proto::auth::auth_server::Auth;
 use portcullis_proto::auth::*;
 use portcullis_rpc::peer_identity;
@@ -146,6 +146,22 @@ impl Auth for AuthService {
     async fn upsert_resource(&self, req: Request<UpsertResourceRequest>) -> Result<Response<UpsertResourceResponse>, Status> {
         self.require(&req, &[system_role::ADMIN], "UpsertResource")?;
         let r = req.into_inner();
+        // A trusted_cluster needs the network (validation with the root), so it is async.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&r.resource_json) {
+            if value.get("kind").and_then(|k| k.as_str()).map(portcullis_types::Kind::parse).and_then(Result::ok)
+                == Some(portcullis_types::Kind::TrustedCluster)
+            {
+                let tc = match portcullis_types::Resource::from_json_value(value).map_err(AuthError::from)? {
+                    portcullis_types::Resource::TrustedCluster(tc) => tc,
+                    _ => return Err(Status::invalid_argument("not a trusted_cluster")),
+                };
+                let name = tc.metadata.name.clone();
+                let created = self.state.upsert_trusted_cluster(tc, r.create_only).await.inspect_err(|e| {
+                    tracing::warn!(cluster = %name, error = %e, "establishing trust failed");
+                })?;
+                return Ok(Response::new(UpsertResourceResponse { kind: "trusted_cluster".into(), name, created }));
+            }
+        }
         let (kind, name, created) = self.blocking(move |s| s.upsert_resource(&r.resource_json, r.create_only)).await?;
         Ok(Response::new(UpsertResourceResponse { kind: kind.as_str().into(), name, created }))
     }
@@ -197,19 +213,20 @@ impl Auth for AuthService {
         if r.kind != wants_kind {
             return Err(Status::permission_denied(format!("a {wants_kind} may not announce itself as a {}", r.kind)));
         }
+        let is_proxy = r.kind == "proxy";
         self.blocking(move |s| s.heartbeat(&r)).await?;
-        Ok(Response::new(HeartbeatResponse { cas: Some(self.state.cert_authorities()?) }))
+        let mut resp = HeartbeatResponse { cas: Some(self.state.cert_authorities()?), ..Default::default() };
+        if is_proxy {
+            resp.leaf_cas = self.state.leaf_tls_cas()?;
+            resp.proxies = self.state.live_proxies()?;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        self.require(&req, &[system_role::PROXY, system_role::ADMIN], "ListNodes")?;
+        self.require(&req, &[system_role::PROXY, system_role::AGENT, system_role::ADMIN], "ListNodes")?;
         let r = req.into_inner();
-        let cas = vec![self.state.tls_ca.cert_pem().to_string()];
-        let user = verify_client_cert(&r.user_tls_cert, &cas)
-            .map_err(|e| Status::unauthenticated(format!("user certificate rejected: {e}; run 'tsh login'")))?;
-        if !user.has_system_role(system_role::USER) {
-            return Err(Status::permission_denied("not a user certificate"));
-        }
+        let user = self.state.verify_user_tls(&r.user_tls_cert)?;
         let want: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
         let nodes = self.blocking(move |s| s.nodes_visible_to(&user)).await?;
         let cluster = self.state.cluster_name.clone();
@@ -222,7 +239,7 @@ impl Auth for AuthService {
     }
 
     async fn resolve_node(&self, req: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
-        self.require(&req, &[system_role::PROXY], "ResolveNode")?;
+        self.require(&req, &[system_role::PROXY, system_role::AGENT], "ResolveNode")?;
         let r = req.into_inner();
         let node = self.blocking(move |s| s.resolve_node(&r.host, r.port)).await?;
         Ok(Response::new(ResolveNodeResponse { node: Some(to_proto_node(node, &self.state.cluster_name)) }))
@@ -244,7 +261,7 @@ impl Auth for AuthService {
     }
 
     async fn emit_audit_event(&self, req: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "EmitAuditEvent")?;
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "EmitAuditEvent")?;
         let r = req.into_inner();
         let mut v: serde_json::Value = serde_json::from_str(&r.event_json)
             .map_err(|e| Status::invalid_argument(format!("audit event is not JSON: {e}")))?;
@@ -283,6 +300,59 @@ impl Auth for AuthService {
             users,
             ca_pin: pin,
         }))
+    }
+
+    async fn validate_trusted_cluster(
+        &self,
+        req: Request<ValidateTrustedClusterRequest>,
+    ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
+        self.require(&req, &[system_role::PROXY], "ValidateTrustedCluster")?;
+        let r = req.into_inner();
+        tracing::info!(leaf = %r.leaf_cluster_name, remote = %r.remote_addr, "trusted cluster validation request");
+        let resp = self.blocking(move |s| s.validate_trusted_cluster(&r)).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn report_tunnels(&self, req: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
+        let id = self.require(&req, &[system_role::PROXY], "ReportTunnels")?;
+        let r = req.into_inner();
+        if r.proxy_id != id.name {
+            return Err(Status::permission_denied(format!("proxy {} may not report for {}", id.name, r.proxy_id)));
+        }
+        let tunnels: std::collections::BTreeMap<String, u32> = r.tunnels.into_iter().collect();
+        self.blocking(move |s| s.report_tunnels(&r.proxy_id, &tunnels)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_remote_clusters(
+        &self,
+        req: Request<ListRemoteClustersRequest>,
+    ) -> Result<Response<ListRemoteClustersResponse>, Status> {
+        let caller = self.require(&req, &[system_role::PROXY, system_role::ADMIN], "ListRemoteClusters")?;
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |s| {
+                if r.user_tls_cert.is_empty() {
+                    if !caller.has_system_role(system_role::ADMIN) {
+                        return Err(AuthError::bad("a proxy must name the user (user_tls_cert)"));
+                    }
+                    return s.remote_clusters_for(None);
+                }
+                let user = s.verify_user_tls(&r.user_tls_cert)?;
+                let checker = s.user_checker(&user)?;
+                s.remote_clusters_for(Some(&checker))
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_trusted_clusters(
+        &self,
+        req: Request<ListTrustedClustersRequest>,
+    ) -> Result<Response<ListTrustedClustersResponse>, Status> {
+        self.require(&req, &[system_role::AGENT, system_role::ADMIN], "ListTrustedClusters")?;
+        let clusters = self.blocking(|s| s.trusted_cluster_targets()).await?;
+        Ok(Response::new(ListTrustedClustersResponse { clusters }))
     }
 }
 

@@ -10,6 +10,8 @@ pub mod nodes;
 pub mod resources;
 pub mod state;
 pub mod tokens;
+pub mod trust;
+pub mod trust_client;
 pub mod users;
 
 use std::future::Future;

@@ -14,6 +14,9 @@ use crate::state::{AuthState, now};
 /// A server missing heartbeats for this long drops out of listings.
 pub const SERVER_TTL: Duration = Duration::from_secs(60);
 
+/// Where a proxy's tunnel address is kept on its record.
+const TUNNEL_ADDR_LABEL: &str = "portcullis.dev/tunnel_addr";
+
 fn key(kind: &str, id: &str) -> String {
     format!("{kind}/{id}")
 }
@@ -30,7 +33,7 @@ impl AuthState {
         let mut node = Node::new(req.host_id.clone(), req.hostname.clone(), req.addr.clone(), labels);
         node.spec.version = req.version.clone();
         if req.kind == "proxy" {
-            node.metadata.labels.insert("portcullis.dev/tunnel_addr".into(), req.tunnel_addr.clone());
+            node.metadata.labels.insert(TUNNEL_ADDR_LABEL.into(), req.tunnel_addr.clone());
         }
         node.metadata.expires = Some(now() + time::Duration::try_from(SERVER_TTL).unwrap_or(time::Duration::MINUTE));
         self.backend.put_json(&key(prefix, &req.host_id), &node)?;
@@ -94,6 +97,21 @@ impl AuthState {
                 )))
             }
         }
+    }
+
+    /// Proxies whose heartbeats are current, with the tunnel address agents should dial.
+    pub fn live_proxies(&self) -> Result<Vec<portcullis_proto::auth::Proxy>, AuthError> {
+        let now = now();
+        Ok(self
+            .backend
+            .list_json::<Node>("proxies/")?
+            .into_iter()
+            .filter(|n| n.metadata.expires.is_none_or(|e| e > now))
+            .map(|n| portcullis_proto::auth::Proxy {
+                tunnel_addr: n.metadata.labels.get(TUNNEL_ADDR_LABEL).cloned().unwrap_or_default(),
+                id: n.metadata.name,
+            })
+            .collect())
     }
 
     /// Drops expired nodes, proxies and tokens.

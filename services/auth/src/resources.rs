@@ -26,11 +26,10 @@ impl AuthState {
             Resource::CertAuthority(_) => {
                 return Err(AuthError::bad("cert_authority resources are managed by the cluster and cannot be created"));
             }
-            Resource::TrustedCluster(_) | Resource::RemoteCluster(_) => {
-                return Err(AuthError::NotImplemented(format!(
-                    "{} resources are not supported by this auth service yet",
-                    kind.as_str()
-                )));
+            Resource::RemoteCluster(rc) => self.update_remote_cluster(&rc)?,
+            Resource::TrustedCluster(_) => {
+                // Needs the network (validation with the root): see upsert_trusted_cluster.
+                return Err(AuthError::Internal("trusted_cluster must go through upsert_trusted_cluster".into()));
             }
         }
         self.backend.flush()?;
@@ -43,7 +42,9 @@ impl AuthState {
             Kind::User => self.get_user(name)?.is_some(),
             Kind::Token => self.list_tokens()?.iter().any(|t| t.token() == name),
             Kind::Node => self.get_node(name)?.is_some(),
-            _ => false,
+            Kind::RemoteCluster => self.get_remote_cluster(name)?.is_some(),
+            Kind::TrustedCluster => self.get_trusted_cluster(name)?.is_some(),
+            Kind::CertAuthority => false,
         })
     }
 
@@ -56,7 +57,8 @@ impl AuthState {
             Kind::Token => self.list_tokens()?.into_iter().map(Resource::Token).collect(),
             Kind::Node => self.list_nodes()?.into_iter().map(Resource::Node).collect(),
             Kind::CertAuthority => self.cert_authority_resources()?.into_iter().map(Resource::CertAuthority).collect(),
-            Kind::TrustedCluster | Kind::RemoteCluster => vec![],
+            Kind::TrustedCluster => self.list_trusted_clusters()?.into_iter().map(Resource::TrustedCluster).collect(),
+            Kind::RemoteCluster => self.list_remote_clusters()?.into_iter().map(Resource::RemoteCluster).collect(),
         };
         let selected: Vec<Resource> = all.into_iter().filter(|r| name.is_empty() || r.name() == name).collect();
         if !name.is_empty() && selected.is_empty() {
@@ -91,7 +93,8 @@ impl AuthState {
             Kind::Token => self.delete_token(name)?,
             Kind::Node => self.delete_node(name)?,
             Kind::CertAuthority => return Err(AuthError::bad("cert_authority resources cannot be deleted")),
-            Kind::TrustedCluster | Kind::RemoteCluster => false,
+            Kind::TrustedCluster => self.delete_trusted_cluster(name)?,
+            Kind::RemoteCluster => self.delete_remote_cluster(name)?,
         };
         if !deleted {
             return Err(AuthError::NotFound(format!("{} {name:?} is not found", kind.as_str())));
@@ -105,10 +108,19 @@ impl AuthState {
         let mk = |typ: &str, keys: Vec<String>| -> Result<CertAuthority, AuthError> {
             Ok(CertAuthority::new(self.cluster_name.clone(), typ, keys))
         };
-        Ok(vec![
+        let mut out = vec![
             mk("user", vec![ssh::public_key_line(self.user_ca.public_key())?])?,
             mk("host", vec![ssh::public_key_line(self.host_ca.public_key())?])?,
             mk("tls", vec![self.tls_ca.cert_pem().to_string()])?,
-        ])
+        ];
+        // Trusted roots' and leaves' CAs, public parts, marked inactive when trust is off.
+        for (name, cas) in self.all_trusted_cas()? {
+            for (typ, keys) in [("user", cas.ssh_user), ("host", cas.ssh_host), ("tls", cas.tls)] {
+                let mut ca = CertAuthority::new(name.clone(), typ, keys);
+                ca.spec.active = cas.active;
+                out.push(ca);
+            }
+        }
+        Ok(out)
     }
 }

@@ -8,7 +8,6 @@ use portcullis_config::{AuthSettings, StaticToken};
 use portcullis_pki::ssh::SshCa;
 use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
 use portcullis_pki::{Identity, Secret};
-use portcullis_proto::auth::CertAuthorities;
 use portcullis_storage::{Backend, BackendExt};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +35,12 @@ pub struct AuthState {
     pub tls_ca: TlsCa,
     pub static_tokens: Vec<StaticToken>,
     pub audit: AuditLog,
+    /// A leaf is offline this long after its last live tunnel report.
+    pub offline_after: Duration,
+    /// `--insecure`: accept any HTTPS certificate from a root proxy when establishing trust.
+    pub insecure: bool,
+    /// CA that signs root proxies' HTTPS certificates, when not publicly trusted.
+    pub trusted_cluster_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -91,19 +96,13 @@ impl AuthState {
             tls_ca,
             static_tokens: settings.static_tokens.clone(),
             audit,
+            offline_after: settings.tunnel_offline_after,
+            insecure: settings.common.insecure,
+            trusted_cluster_ca_file: settings.trusted_cluster_ca_file.clone(),
         };
         state.ensure_preset_roles()?;
         state.backend.flush()?;
         Ok(state)
-    }
-
-    /// The public parts of this cluster's CAs (trusted ones are added by later features).
-    pub fn cert_authorities(&self) -> Result<CertAuthorities, AuthError> {
-        Ok(CertAuthorities {
-            tls_ca_pem: vec![self.tls_ca.cert_pem().to_string()],
-            ssh_user_ca: vec![self.user_ca.public_line()?],
-            ssh_host_ca: vec![self.host_ca.public_line()?],
-        })
     }
 
     /// Issues a TLS certificate from the cluster CA.

@@ -171,8 +171,13 @@ impl AuthState {
         ttl = ttl.min(checker.max_session_ttl().unwrap_or(MAX_CERT_TTL));
         let route = if params.route_to_cluster.is_empty() { self.cluster_name.as_str() } else { params.route_to_cluster };
         if route != self.cluster_name {
-            // Leaf clusters arrive with the trusted-clusters feature.
-            return Err(AuthError::NotFound(format!("cluster {route:?} is not found")));
+            // A leaf: it must exist and be visible to the user (cluster_labels).
+            let visible = self
+                .get_remote_cluster(route)?
+                .is_some_and(|rc| checker.can_see_cluster(&rc.metadata.labels));
+            if !visible {
+                return Err(AuthError::NotFound(format!("cluster {route:?} is not found")));
+            }
         }
         let public_key = ssh::parse_public_key(params.ssh_public_key)
             .map_err(|e| AuthError::bad(format!("bad SSH public key: {e}")))?;

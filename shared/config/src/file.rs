@@ -94,6 +94,11 @@ pub struct AuthSection {
     #[serde(default)]
     pub tokens: Vec<String>,
     pub public_addr: Option<OneOrMany>,
+    /// A leaf counts as offline this long after its last live tunnel (e.g. `15s`).
+    pub tunnel_offline_after: Option<String>,
+    /// PEM CA file that signs the root proxy's HTTPS certificate, for `tctl create` of a
+    /// trusted_cluster whose root uses a private CA.
+    pub trusted_cluster_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

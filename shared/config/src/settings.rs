@@ -47,6 +47,9 @@ pub struct AuthSettings {
     pub cluster_name: String,
     pub listen_addr: SocketAddr,
     pub static_tokens: Vec<StaticToken>,
+    /// A leaf is offline this long after the last live tunnel report.
+    pub tunnel_offline_after: std::time::Duration,
+    pub trusted_cluster_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +236,19 @@ impl AuthSettings {
             }
             static_tokens.push(StaticToken { roles, value: Secret::new(value.trim().to_string()) });
         }
-        Ok(AuthSettings { common, cluster_name, listen_addr, static_tokens })
+        let tunnel_offline_after = match &a.tunnel_offline_after {
+            Some(v) => humantime::parse_duration(v)
+                .map_err(|e| ConfigError::invalid("auth_service.tunnel_offline_after", format!("{v:?}: {e}")))?,
+            None => std::time::Duration::from_secs(15),
+        };
+        Ok(AuthSettings {
+            common,
+            cluster_name,
+            listen_addr,
+            static_tokens,
+            tunnel_offline_after,
+            trusted_cluster_ca_file: a.trusted_cluster_ca_file.clone().map(PathBuf::from),
+        })
     }
 }
 

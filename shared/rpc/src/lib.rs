@@ -7,7 +7,7 @@ pub mod join;
 pub mod peer;
 pub mod server;
 pub mod telemetry;
-mod verify;
+pub mod verify;
 
 pub use client::{ClientTls, Trust, connect, connect_lazy};
 pub use peer::peer_identity;

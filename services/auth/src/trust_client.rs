@@ -1,0 +1,165 @@
+//! Leaf side of establishing trust: the HTTPS call to the root proxy's
+//! `/webapi/trustedclusters/validate`, with the error texts SPEC §7 fixes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::auth::CertAuthorities;
+use portcullis_types::TrustedCluster;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AuthError;
+use crate::state::AuthState;
+use crate::trust::{ClusterCas, TOKEN_REJECTED};
+
+/// The exact text for a root proxy whose HTTPS certificate cannot be verified.
+pub const MISCONFIGURED_TLS: &str = "the trusted cluster uses misconfigured HTTP/TLS certificate";
+
+/// Body of `POST /webapi/trustedclusters/validate`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ValidateRequest {
+    pub token: String,
+    pub cluster_name: String,
+    pub cas: WireCas,
+}
+
+/// Answer of `POST /webapi/trustedclusters/validate`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ValidateResponse {
+    pub cluster_name: String,
+    pub cas: WireCas,
+}
+
+/// CAs on the wire (JSON).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct WireCas {
+    #[serde(default)]
+    pub tls_ca_pem: Vec<String>,
+    #[serde(default)]
+    pub ssh_user_ca: Vec<String>,
+    #[serde(default)]
+    pub ssh_host_ca: Vec<String>,
+}
+
+impl From<CertAuthorities> for WireCas {
+    fn from(c: CertAuthorities) -> Self {
+        WireCas { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
+    }
+}
+
+impl From<WireCas> for CertAuthorities {
+    fn from(c: WireCas) -> Self {
+        CertAuthorities { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn tls_config(state: &AuthState) -> Result<rustls::ClientConfig, AuthError> {
+    let provider = portcullis_rpc::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let cfg = if state.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(portcullis_rpc::verify::InsecureVerifier))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &state.trusted_cluster_ca_file {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| AuthError::io(format!("reading trusted_cluster_ca_file {}", path.display()), e))?;
+            for der in portcullis_pki::x509::pem_to_ders(&pem)? {
+                roots
+                    .add(rustls_pki_types::CertificateDer::from(der))
+                    .map_err(|e| AuthError::bad(format!("{}: bad CA certificate: {e}", path.display())))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(cfg)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    portcullis_rpc::client::error_chain(e)
+}
+
+impl AuthState {
+    /// Asks the root named by `tc` to trust us; returns the root's CAs.
+    pub async fn establish_trust(&self, tc: &TrustedCluster) -> Result<ClusterCas, AuthError> {
+        let addr = tc.web_proxy_addr();
+        if tc.spec.token.trim().is_empty() {
+            return Err(AuthError::bad(format!(
+                "trusted_cluster {:?}: spec.token is required to establish trust (tctl tokens add --type=trusted_cluster on the root)",
+                tc.metadata.name
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(self)?)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| AuthError::Internal(format!("HTTPS client: {e}")))?;
+        let body = ValidateRequest {
+            token: tc.spec.token.clone(),
+            cluster_name: self.cluster_name.clone(),
+            cas: self.own_cas()?.into(),
+        };
+        let url = format!("https://{addr}/webapi/trustedclusters/validate");
+        tracing::debug!(%url, "asking the root cluster to trust this cluster");
+        let resp = client.post(&url).json(&body).send().await.map_err(|e| {
+            let text = chain(&e);
+            if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("invalid peer") {
+                tracing::warn!(%addr, error = %text, "root proxy HTTPS certificate not trusted");
+                AuthError::denied(MISCONFIGURED_TLS)
+            } else {
+                AuthError::bad(format!("cannot reach the root cluster's proxy at {addr} (web_proxy_addr): {text}"))
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let msg = resp.json::<ErrorBody>().await.map(|b| b.error).unwrap_or_else(|_| status.to_string());
+            tracing::warn!(%addr, %status, reason = %msg, "the root cluster refused to trust this cluster");
+            if msg.contains("token") && (status.as_u16() == 403 || status.as_u16() == 401) {
+                return Err(AuthError::denied(TOKEN_REJECTED));
+            }
+            return Err(AuthError::denied(msg));
+        }
+        let answer: ValidateResponse = resp
+            .json()
+            .await
+            .map_err(|e| AuthError::bad(format!("the root proxy at {addr} sent an unreadable answer: {e}")))?;
+        if answer.cluster_name != tc.metadata.name {
+            return Err(AuthError::bad(format!(
+                "the cluster at {addr} is named {:?}, not {:?}: metadata.name must be the root cluster's name",
+                answer.cluster_name, tc.metadata.name
+            )));
+        }
+        Ok(ClusterCas::from_proto(&answer.cas.into()))
+    }
+
+    /// `tctl create` of a trusted_cluster: establish trust first when it is new (or was
+    /// removed), then store it. Toggling `enabled` or editing the role map needs no token.
+    pub async fn upsert_trusted_cluster(&self, tc: TrustedCluster, create_only: bool) -> Result<bool, AuthError> {
+        tc.validate()?;
+        let name = tc.metadata.name.clone();
+        if name == self.cluster_name {
+            return Err(AuthError::bad(format!("{name:?} is this cluster's own name: a trusted_cluster names the root cluster")));
+        }
+        let exists = self.get_trusted_cluster(&name)?.is_some();
+        if exists && create_only {
+            return Err(AuthError::AlreadyExists(format!("trusted_cluster {name:?} already exists; use -f to overwrite")));
+        }
+        let cas = if self.trusted_cas(&name)?.is_none() { Some(self.establish_trust(&tc).await?) } else { None };
+        self.store_trusted_cluster(&tc, cas)?;
+        self.audit.emit(
+            "trusted_cluster.create",
+            serde_json::json!({"success": true, "cluster": name, "side": "leaf", "enabled": tc.spec.enabled}),
+        );
+        Ok(!exists)
+    }
+}
