@@ -1,87 +1,142 @@
 #!/usr/bin/env bash
-# Starts a local Portcullis cluster on loopback (auth, proxy, one node), creates a user,
-# and prints the tsh commands to try. Ctrl-C stops everything.
-#   LAB_DIR   where state and logs go (default ./lab, wiped at start)
-#   LAB_BASE_PORT first of the ports used (default 4020)
+# Starts a two-cluster Portcullis lab on loopback and establishes trust the way the newest
+# trusted-clusters guide does, then prints the tsh commands to try. Ctrl-C stops everything.
+#   root cluster: auth + proxy          (root.lab.portcullis.local)
+#   leaf cluster: auth + proxy + tunnel agent + one node  (leaf.lab.portcullis.local)
+# Environment: LAB_DIR (default ./lab, wiped at start), LAB_BASE_PORT (default 4000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAB_DIR=${LAB_DIR:-$PWD/lab}
-BASE=${LAB_BASE_PORT:-4020}
-AUTH=$((BASE + 5)) WEB=$((BASE + 10)) SSHP=$((BASE + 3)) TUN=$((BASE + 4)) NODE=$((BASE + 2))
-LOGIN=${LAB_LOGIN:-$(id -un)}
+BASE=${LAB_BASE_PORT:-4000}
+ROOT=root.lab.portcullis.local
+LEAF=leaf.lab.portcullis.local
+R_AUTH=$((BASE + 25)) R_WEB=$((BASE + 80)) R_SSH=$((BASE + 23)) R_TUN=$((BASE + 24))
+L_AUTH=$((BASE + 125)) L_WEB=$((BASE + 180)) L_SSH=$((BASE + 123)) L_TUN=$((BASE + 124)) L_NODE=$((BASE + 122))
 PASSWORD=${LAB_PASSWORD:-portcullis-lab}
+if [ "$(id -u)" = 0 ]; then
+  id visitor >/dev/null 2>&1 || useradd --create-home --shell /bin/bash visitor
+  VISITOR=visitor
+else
+  VISITOR=$(id -un)   # a non-root node runs sessions as its own user
+fi
 
-echo "building (first time: several minutes)..."
+echo "building (the first time takes several minutes)..."
 cargo build --workspace --bins --quiet
 BIN=$PWD/target/debug
 rm -rf "$LAB_DIR"; mkdir -p "$LAB_DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open; see $LAB_DIR/*.log" >&2; exit 1; }
+start() { local name=$1; shift; "$@" >"$LAB_DIR/$name.log" 2>&1 & pids+=($!); }
 
-cat > "$LAB_DIR/auth.yaml" <<YAML
+auth() { # name cluster port [flags]
+  local name=$1 cluster=$2 port=$3; shift 3
+  cat > "$LAB_DIR/$name-auth.yaml" <<YAML
 version: v3
 teleport:
-  nodename: lab-auth
-  data_dir: $LAB_DIR/auth
+  nodename: $name-auth
+  data_dir: $LAB_DIR/$name/auth
 auth_service:
-  cluster_name: lab.portcullis.local
-  listen_addr: 127.0.0.1:$AUTH
+  cluster_name: $cluster
+  listen_addr: 127.0.0.1:$port
+  tunnel_offline_after: 10s
 YAML
-"$BIN/portcullis-auth" start -c "$LAB_DIR/auth.yaml" >"$LAB_DIR/auth.log" 2>&1 & pids+=($!)
-wait_port "$AUTH"
-for _ in $(seq 1 100); do [ -f "$LAB_DIR/auth/admin-identity.json" ] && break; sleep 0.1; done
-TCTL=("$BIN/tctl" -c "$LAB_DIR/auth.yaml")
-
-token() { "${TCTL[@]}" tokens add --type="$1" --ttl=10m --format=json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p'; }
-
-cat > "$LAB_DIR/proxy.yaml" <<YAML
+  start "$name-auth" "$BIN/portcullis-auth" start -c "$LAB_DIR/$name-auth.yaml" "$@"
+  wait_port "$port"
+  for _ in $(seq 1 100); do [ -f "$LAB_DIR/$name/auth/admin-identity.json" ] && break; sleep 0.1; done
+}
+tctl() { local name=$1; shift; "$BIN/tctl" -c "$LAB_DIR/$name-auth.yaml" "$@"; }
+token() { tctl "$1" tokens add --type="$2" --ttl=10m --format=json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p'; }
+proxy() { # name authport web ssh tunnel
+  cat > "$LAB_DIR/$1-proxy.yaml" <<YAML
 version: v3
 teleport:
-  nodename: lab-proxy
-  data_dir: $LAB_DIR/proxy
-  auth_server: 127.0.0.1:$AUTH
-  auth_token: $(token proxy)
+  nodename: $1-proxy
+  data_dir: $LAB_DIR/$1/proxy
+  auth_server: 127.0.0.1:$2
+  auth_token: $(token "$1" proxy)
 proxy_service:
-  web_listen_addr: 127.0.0.1:$WEB
-  listen_addr: 127.0.0.1:$SSHP
-  tunnel_listen_addr: 127.0.0.1:$TUN
+  web_listen_addr: 127.0.0.1:$3
+  listen_addr: 127.0.0.1:$4
+  tunnel_listen_addr: 127.0.0.1:$5
 YAML
-"$BIN/portcullis-proxy" start -c "$LAB_DIR/proxy.yaml" >"$LAB_DIR/proxy.log" 2>&1 & pids+=($!)
+  start "$1-proxy" "$BIN/portcullis-proxy" start -c "$LAB_DIR/$1-proxy.yaml"
+  wait_port "$3"
+}
 
-cat > "$LAB_DIR/node.yaml" <<YAML
+auth root "$ROOT" "$R_AUTH"
+proxy root "$R_AUTH" "$R_WEB" "$R_SSH" "$R_TUN"
+# The leaf accepts the root proxy's self-signed HTTPS certificate (--insecure), as in the guide.
+auth leaf "$LEAF" "$L_AUTH" --insecure
+proxy leaf "$L_AUTH" "$L_WEB" "$L_SSH" "$L_TUN"
+cat > "$LAB_DIR/leaf-node.yaml" <<YAML
 version: v3
 teleport:
-  nodename: node-1
-  data_dir: $LAB_DIR/node
-  auth_server: 127.0.0.1:$AUTH
-  auth_token: $(token node)
+  nodename: leaf-node
+  data_dir: $LAB_DIR/leaf/node
+  auth_server: 127.0.0.1:$L_AUTH
+  auth_token: $(token leaf node)
 ssh_service:
-  listen_addr: 127.0.0.1:$NODE
+  listen_addr: 127.0.0.1:$L_NODE
   labels: {env: lab}
 YAML
-"$BIN/portcullis-node" start -c "$LAB_DIR/node.yaml" >"$LAB_DIR/node.log" 2>&1 & pids+=($!)
-wait_port "$WEB"; wait_port "$NODE"
+start leaf-node "$BIN/portcullis-node" start -c "$LAB_DIR/leaf-node.yaml"
+start leaf-agent "$BIN/portcullis-tunnel-agent" start --token="$(token leaf proxy)" \
+  --auth-server=127.0.0.1:$L_AUTH --data-dir="$LAB_DIR/leaf/agent" --nodename=leaf-agent --insecure
+wait_port "$L_NODE"
 
-"${TCTL[@]}" users add alice --roles=access,editor --logins="$LOGIN" >/dev/null
-echo "$PASSWORD" | "${TCTL[@]}" users set-password alice >/dev/null
+# Step 1: the visitor role on the leaf.
+cat > "$LAB_DIR/visitor.yaml" <<YAML
+kind: role
+version: v5
+metadata:
+  name: visitor
+spec:
+  allow:
+    logins: [$VISITOR]
+    node_labels:
+      '*': '*'
+YAML
+tctl leaf create "$LAB_DIR/visitor.yaml" >/dev/null
+# Step 2: the root user, with the visitor login.
+tctl root users add alice --roles=access,editor --logins="$VISITOR,$(id -un)" >/dev/null
+echo "$PASSWORD" | tctl root users set-password alice >/dev/null
+# Step 3: an invite token on the root.
+INVITE=$(tctl root tokens add --type=trusted_cluster --ttl=5m | sed -n 's/^The cluster invite token: //p')
+# Step 4: the trusted_cluster resource on the leaf.
+cat > "$LAB_DIR/trusted_cluster.yaml" <<YAML
+kind: trusted_cluster
+version: v2
+metadata:
+  name: $ROOT
+spec:
+  enabled: true
+  token: $INVITE
+  tunnel_addr: 127.0.0.1:$R_TUN
+  web_proxy_addr: 127.0.0.1:$R_WEB
+  role_map:
+    - remote: "access"
+      local: ["visitor"]
+YAML
+tctl leaf create "$LAB_DIR/trusted_cluster.yaml"
 
 cat <<TXT
 
-Portcullis lab is up (state and logs in $LAB_DIR).
-  cluster  lab.portcullis.local
-  proxy    https://127.0.0.1:$WEB (self-signed: use --insecure)
-  user     alice / $PASSWORD, may log in as "$LOGIN"
+Portcullis two-cluster lab is up (state and logs in $LAB_DIR).
+  root cluster  $ROOT   proxy https://127.0.0.1:$R_WEB (self-signed: --insecure)
+  leaf cluster  $LEAF   no inbound port used: its agent dials the root's tunnel port $R_TUN
+  user          alice / $PASSWORD (root cluster), maps to role "visitor" on the leaf
 
 Try, in another terminal:
-  export TSH_HOME=$LAB_DIR/tsh
-  echo $PASSWORD | $BIN/tsh login --proxy=127.0.0.1:$WEB --user=alice --insecure
-  $BIN/tsh ls
-  $BIN/tsh ssh $LOGIN@node-1 uname -a
-  $BIN/tsh ssh $LOGIN@node-1
-  $BIN/tctl -c $LAB_DIR/auth.yaml get roles
+  export TSH_HOME=$LAB_DIR/tsh PATH=$BIN:\$PATH
+  echo $PASSWORD | tsh login --proxy=127.0.0.1:$R_WEB --user=alice --insecure
+  tsh clusters
+  tsh ls --cluster=$LEAF
+  tsh ssh --cluster=$LEAF $VISITOR@leaf-node pwd
+  tsh ssh --cluster=$LEAF $VISITOR@leaf-node
+  tctl -c $LAB_DIR/root-auth.yaml get rc
+  tctl -c $LAB_DIR/leaf-auth.yaml get tc
 
 Press Ctrl-C to stop.
 TXT

@@ -180,9 +180,14 @@ impl Role {
         &self.metadata.name
     }
 
-    /// Teleport gives v3 roles without `allow.node_labels` access to all nodes; later versions
-    /// grant nothing by default. Applied on decode so old role files keep their meaning.
+    /// Teleport gives v3 roles without `allow.node_labels` access to all nodes, and without
+    /// `allow.logins` the user's own logins; later versions grant nothing by default.
+    /// Applied on decode so old role files (like the older trusted-cluster guide's) keep
+    /// their meaning.
     pub fn apply_version_defaults(&mut self) {
+        if self.version == "v3" && self.spec.allow.logins.is_empty() {
+            self.spec.allow.logins = vec!["{{internal.logins}}".to_string()];
+        }
         if self.version == "v3" && self.spec.allow.node_labels.is_empty() {
             self.spec
                 .allow

@@ -176,8 +176,13 @@ pub fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Run {
 /// The Unix login tests use on nodes: a user created for the tests when running as
 /// root, else the current user (a non-root node runs every session as itself).
 pub fn test_login() -> String {
+    unix_login("pcl-e2e")
+}
+
+/// A Unix login named `name` for sessions on nodes: created when running as root, else
+/// the current user (a non-root node runs every session as itself).
+pub fn unix_login(name: &str) -> String {
     if nix::unistd::geteuid().is_root() {
-        let name = "pcl-e2e";
         if nix::unistd::User::from_name(name).ok().flatten().is_none() {
             let _ = Command::new("useradd").args(["-m", "-s", "/bin/sh", name]).status();
         }
@@ -219,24 +224,47 @@ pub struct Cluster {
     pub auth: Proc,
     pub proxy: Option<Proc>,
     pub nodes: BTreeMap<String, (Proc, u16)>,
+    pub agent: Option<Proc>,
     static_tokens: Vec<String>,
+    auth_args: Vec<String>,
 }
 
 impl Cluster {
     /// Writes the auth config and starts the auth service; waits until it answers.
     pub fn start_auth(root: &Path, name: &str, static_tokens: &[&str]) -> Cluster {
-        let dir = root.join(name);
+        Self::start_auth_with(root, name, static_tokens, &[])
+    }
+
+    /// Like [`Cluster::start_auth`], with extra `start` flags (e.g. `--insecure`).
+    pub fn start_auth_with(root: &Path, name: &str, static_tokens: &[&str], args: &[&str]) -> Cluster {
+        Self::start_auth_in(&root.join(name), name, static_tokens, args)
+    }
+
+    /// Starts an auth service for cluster `name` with its files in `dir`.
+    pub fn start_auth_in(dir: &Path, name: &str, static_tokens: &[&str], args: &[&str]) -> Cluster {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let ports = Ports::pick();
         let static_tokens: Vec<String> = static_tokens.iter().map(|s| s.to_string()).collect();
-        let auth = Self::spawn_auth(&dir, name, ports, &static_tokens);
-        Cluster { name: name.to_string(), dir, ports, auth, proxy: None, nodes: BTreeMap::new(), static_tokens }
+        let auth_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let auth = Self::spawn_auth(&dir, name, ports, &static_tokens, &auth_args);
+        Cluster {
+            name: name.to_string(),
+            dir,
+            ports,
+            auth,
+            proxy: None,
+            nodes: BTreeMap::new(),
+            agent: None,
+            static_tokens,
+            auth_args,
+        }
     }
 
-    fn spawn_auth(dir: &Path, name: &str, ports: Ports, static_tokens: &[String]) -> Proc {
+    fn spawn_auth(dir: &Path, name: &str, ports: Ports, static_tokens: &[String], args: &[String]) -> Proc {
         let tokens: Vec<String> = static_tokens.iter().map(|t| format!("\"{t}\"")).collect();
         let cfg = format!(
-            "version: v3\nteleport:\n  nodename: {name}-auth\n  data_dir: {data}\n  log: {{severity: DEBUG}}\nauth_service:\n  cluster_name: {name}\n  listen_addr: 127.0.0.1:{port}\n  tokens: [{tokens}]\n",
+            "version: v3\nteleport:\n  nodename: {name}-auth\n  data_dir: {data}\n  log: {{severity: DEBUG}}\nauth_service:\n  cluster_name: {name}\n  listen_addr: 127.0.0.1:{port}\n  tokens: [{tokens}]\n  tunnel_offline_after: 6s\n",
             data = dir.join("auth").display(),
             port = ports.auth,
             tokens = tokens.join(", ")
@@ -245,7 +273,7 @@ impl Cluster {
         std::fs::write(&path, cfg).expect("auth config");
         let p = Proc::spawn(
             "auth",
-            Command::new(bin("portcullis-auth")).arg("start").arg("-c").arg(&path),
+            Command::new(bin("portcullis-auth")).arg("start").arg("-c").arg(&path).args(args),
             dir.join("auth.log"),
         );
         wait_port(ports.auth);
@@ -259,7 +287,7 @@ impl Cluster {
     pub fn restart_auth(&mut self) {
         self.auth.stop();
         let _ = std::fs::remove_file(self.dir.join("auth/admin-identity.json"));
-        self.auth = Self::spawn_auth(&self.dir, &self.name, self.ports, &self.static_tokens);
+        self.auth = Self::spawn_auth(&self.dir, &self.name, self.ports, &self.static_tokens, &self.auth_args);
     }
 
     pub fn auth_config(&self) -> PathBuf {
@@ -336,6 +364,49 @@ impl Cluster {
         let cfg = format!("version: v3\nssh_service:\n  listen_addr: 127.0.0.1:{port}\n");
         std::fs::write(&path, cfg).expect("node config");
         path
+    }
+
+    /// Starts this (leaf) cluster's tunnel agent, joined with a proxy token.
+    pub fn start_agent(&mut self) {
+        let token = self.token("proxy");
+        let p = Proc::spawn(
+            "agent",
+            Command::new(bin("portcullis-tunnel-agent"))
+                .args(["start", "--debug", "--insecure"])
+                .arg(format!("--token={token}"))
+                .arg(format!("--auth-server=127.0.0.1:{}", self.ports.auth))
+                .arg("--data-dir")
+                .arg(self.dir.join("agent"))
+                .arg(format!("--nodename={}-agent", self.name)),
+            self.dir.join("agent.log"),
+        );
+        self.agent = Some(p);
+    }
+
+    /// Writes `text` to a file in the cluster's directory and `tctl create`s it.
+    pub fn create(&self, file: &str, text: &str, force: bool) -> Run {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text).expect("resource file");
+        let p = path.to_str().expect("utf-8 path");
+        if force { self.tctl(&["create", "-f", p]) } else { self.tctl(&["create", p]) }
+    }
+
+    /// The tunnel address of this cluster's proxy.
+    pub fn tunnel_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.tunnel)
+    }
+
+    /// Everything this cluster's processes logged, for secret scans.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
     }
 
     pub fn web_addr(&self) -> String {
