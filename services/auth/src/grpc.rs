@@ -167,9 +167,27 @@ impl Auth for AuthService {
     }
 
     async fn get_resources(&self, req: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "GetResources")?;
+        let caller = self.require(&req, &[system_role::ADMIN], "GetResources")?;
         let r = req.into_inner();
-        let values = self.blocking(move |s| s.get_resources(&r.kind, &r.name)).await?;
+        let values = self
+            .blocking(move |s| {
+                let values = s.get_resources(&r.kind, &r.name)?;
+                // A user (editor) sees only the leaf clusters its roles allow (cluster_labels).
+                let is_rc = portcullis_types::Kind::parse(&r.kind).ok() == Some(portcullis_types::Kind::RemoteCluster);
+                if is_rc && !caller.has_system_role(system_role::ADMIN) {
+                    let checker = s.user_checker(&caller)?;
+                    return Ok(values
+                        .into_iter()
+                        .filter(|v| {
+                            let labels: std::collections::BTreeMap<String, String> =
+                                serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default();
+                            checker.can_see_cluster(&labels)
+                        })
+                        .collect());
+                }
+                Ok(values)
+            })
+            .await?;
         Ok(Response::new(GetResourcesResponse { resources_json: values.iter().map(|v| v.to_string()).collect() }))
     }
 

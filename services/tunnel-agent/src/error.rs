@@ -1,0 +1,16 @@
+//! Errors of the tunnel agent, each naming what to fix.
+
+use portcullis_rpc::RpcError;
+use portcullis_rpc::join::JoinError;
+
+/// What can stop the tunnel agent. Problems with one root cluster never do: they are
+/// logged and retried, since the root may come back.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot join the leaf cluster: {0}")]
+    Join(#[from] JoinError),
+    #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
+    NoAuthServer,
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
