@@ -1,5 +1,5 @@
-//! Portcullis proxy: the HTTPS web API, the SSH front door to nodes, and (later) the
-//! reverse-tunnel server for leaf clusters.
+//! Portcullis proxy: the HTTPS web API, the SSH front door to nodes, and the reverse-tunnel
+//! server for leaf clusters.
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod route;
 pub mod ssh;
 pub mod state;
+pub mod tunnel;
 pub mod web;
 #[cfg(test)]
 mod run_tests;
@@ -33,15 +34,15 @@ pub struct ProxyListeners {
     pub web: std::net::TcpListener,
     /// SSH front door.
     pub ssh: tokio::net::TcpListener,
-    /// Reverse-tunnel server; held but not served yet.
+    /// Reverse-tunnel server for leaf agents; `None` serves no leaf clusters.
     pub tunnel: Option<tokio::net::TcpListener>,
 }
 
 /// How long stopping may wait for open connections.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Joins (or loads the identity), then serves the web API and SSH until `shutdown` resolves
-/// or a server fails.
+/// Joins (or loads the identity), then serves the web API, SSH and the tunnel listener until
+/// `shutdown` resolves or a server fails.
 pub async fn run(
     settings: ProxySettings,
     listeners: ProxyListeners,
@@ -74,31 +75,6 @@ pub async fn run(
         ssh_public_addr: settings.ssh_public_addr.clone(),
         tunnel_public_addr: settings.tunnel_public_addr.clone(),
     };
-    let state = Arc::new(ProxyState::new(
-        id.cluster_name.clone(),
-        id.name.clone(),
-        settings.common.nodename.clone(),
-        AuthClient::new(channel),
-        cas,
-        verifier.clone(),
-        addrs,
-    ));
-
-    let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
-    let web_server = web::start(state.clone(), listeners.web, tls)?;
-    let web_handle = web_server.handle();
-    let mut web_task = tokio::spawn(web_server);
-
-    let ssh_config = Arc::new(ssh::config(&id)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx));
-
-    // Kept bound so the port stays ours; the tunnel server arrives with leaf clusters.
-    let _tunnel = listeners.tunnel;
-    if let Some(addr) = tunnel_addr {
-        tracing::info!(%addr, "reverse-tunnel listener bound; leaf clusters are not served yet");
-    }
-
     let announcement = heartbeat::Announcement {
         hostname: settings.common.nodename.clone(),
         addr: settings.public_addr.clone().unwrap_or_else(|| web_addr.to_string()),
@@ -109,10 +85,46 @@ pub async fn run(
             .unwrap_or_default(),
         labels: settings.common.labels.clone(),
     };
+    let hub = tunnel::Hub::start(&id.cluster_name, &id.name, &announcement.tunnel_addr, Default::default())?;
+    let state = Arc::new(ProxyState::new(
+        id.cluster_name.clone(),
+        id.name.clone(),
+        settings.common.nodename.clone(),
+        AuthClient::new(channel),
+        cas,
+        verifier.clone(),
+        addrs,
+        hub.clone(),
+    ));
+
+    let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
+    let web_server = web::start(state.clone(), listeners.web, tls)?;
+    let web_handle = web_server.handle();
+    let mut web_task = tokio::spawn(web_server);
+
+    let ssh_config = Arc::new(ssh::config(&id)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx.clone()));
+
+    let mut tunnel_task = match listeners.tunnel {
+        Some(listener) => {
+            let agents = tunnel::tls::LeafAgentVerifier::new(hub.leaf_cas(), Some(hub.refresh_handle()));
+            let tls = Arc::new(tunnel::tls::server_config(&id, Arc::new(agents))?);
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await.map(|_| ());
+            };
+            tokio::spawn(tunnel::server::serve(hub.clone(), listener, tls, stopped))
+        }
+        // Never finishes: no tunnel listener means no leaf clusters, not a failure.
+        None => tokio::spawn(std::future::pending::<Result<(), ProxyError>>()),
+    };
+
     let heartbeat = tokio::spawn(heartbeat::run(state.clone(), announcement));
 
     tracing::info!(
         cluster = %state.cluster_name, host_id = %state.host_id, web = %web_addr, ssh = %ssh_addr,
+        tunnel = %tunnel_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into()),
         "proxy started"
     );
 
@@ -134,9 +146,16 @@ pub async fn run(
             Ok(Err(e)) => e,
             Err(e) => ProxyError::Server { server: "SSH", reason: e.to_string() },
         }),
+        r = &mut tunnel_task => Err(match r {
+            Ok(Ok(())) => ProxyError::Server { server: "tunnel", reason: "stopped unexpectedly".into() },
+            Ok(Err(e)) => e,
+            Err(e) => ProxyError::Server { server: "tunnel", reason: e.to_string() },
+        }),
     };
 
     heartbeat.abort();
+    // Agents learn to reconnect elsewhere before the listener goes.
+    hub.drain_all("the proxy is shutting down");
     let _ = stop_tx.send(true);
     // Stopping an already finished server returns at once, so both are always asked.
     let _ = tokio::time::timeout(STOP_GRACE, web_handle.stop(true)).await;
@@ -146,6 +165,10 @@ pub async fn run(
     if !ssh_task.is_finished() {
         let _ = tokio::time::timeout(STOP_GRACE, &mut ssh_task).await;
     }
+    if !tunnel_task.is_finished() && tunnel_addr.is_some() {
+        let _ = tokio::time::timeout(STOP_GRACE, &mut tunnel_task).await;
+    }
+    tunnel_task.abort();
     result
 }
 

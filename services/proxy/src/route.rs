@@ -1,10 +1,10 @@
-//! Where a connection for (cluster, host, port) goes. Today every cluster is this one and the
-//! target is a node reached over TCP; the `cluster` step is where a leaf cluster's reverse
-//! tunnel will be chosen later.
+//! Where a connection for (cluster, host, port) goes: a node of this cluster over TCP, or a
+//! node of a leaf cluster through the leaf's reverse tunnel (its `LeafActor`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use actix::Addr;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{Node, ResolveNodeRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -13,6 +13,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::state::auth_call;
+use crate::tunnel::actor::Dial;
+use crate::tunnel::{Hub, LeafActor, TunnelError};
 
 /// The port nodes listen on by default; asking for it means "wherever the node listens".
 const DEFAULT_NODE_PORT: u16 = 3022;
@@ -36,6 +38,10 @@ pub struct Dialed {
 pub enum RouteError {
     #[error("cluster {0:?} is not found")]
     ClusterNotFound(String),
+    #[error("cluster {0:?} is offline: no reverse tunnel from it is connected to this proxy")]
+    ClusterOffline(String),
+    #[error("cannot reach {host:?} in cluster {cluster:?}: {reason}")]
+    Leaf { cluster: String, host: String, reason: TunnelError },
     #[error("node {host:?} is not found")]
     NodeNotFound { host: String },
     #[error("cannot resolve node {host:?}: {reason}")]
@@ -51,6 +57,8 @@ pub enum RouteError {
 pub enum ClusterRoute {
     /// This proxy's own cluster.
     Local,
+    /// A leaf cluster with at least one reverse tunnel to this proxy.
+    Leaf(Addr<LeafActor>),
 }
 
 /// Picks clusters and dials nodes; counts the sessions it carries.
@@ -58,6 +66,7 @@ pub enum ClusterRoute {
 pub struct Router {
     cluster_name: String,
     auth: AuthClient<Channel>,
+    hub: Arc<Hub>,
     active: Arc<AtomicUsize>,
 }
 
@@ -72,23 +81,31 @@ impl Drop for SessionGuard {
 }
 
 impl Router {
-    pub fn new(cluster_name: String, auth: AuthClient<Channel>) -> Self {
-        Router { cluster_name, auth, active: Arc::new(AtomicUsize::new(0)) }
+    pub fn new(cluster_name: String, auth: AuthClient<Channel>, hub: Arc<Hub>) -> Self {
+        Router { cluster_name, auth, hub, active: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// The route to `cluster`; empty means this proxy's own cluster.
+    /// The route to `cluster`; empty means this proxy's own cluster. A trusted leaf without a
+    /// tunnel to this proxy is offline; any other name is not found.
     pub fn cluster(&self, cluster: &str) -> Result<ClusterRoute, RouteError> {
         if cluster.is_empty() || cluster == self.cluster_name {
-            Ok(ClusterRoute::Local)
-        } else {
-            Err(RouteError::ClusterNotFound(cluster.to_string()))
+            return Ok(ClusterRoute::Local);
         }
+        if let Some(addr) = self.hub.leaf(cluster) {
+            return Ok(ClusterRoute::Leaf(addr));
+        }
+        if self.hub.knows_leaf(cluster) {
+            return Err(RouteError::ClusterOffline(cluster.to_string()));
+        }
+        Err(RouteError::ClusterNotFound(cluster.to_string()))
     }
 
-    /// Connects to `host[:port]` in `cluster`. Port 0 or 3022 means the node's own port.
-    pub async fn dial(&self, cluster: &str, host: &str, port: u16) -> Result<Dialed, RouteError> {
+    /// Connects to `host[:port]` in `cluster` on behalf of `user`. Port 0 or 3022 means the
+    /// node's own port.
+    pub async fn dial(&self, cluster: &str, host: &str, port: u16, user: &str) -> Result<Dialed, RouteError> {
         match self.cluster(cluster)? {
             ClusterRoute::Local => self.dial_local(host, port).await,
+            ClusterRoute::Leaf(addr) => self.dial_leaf(cluster, addr, host, port, user).await,
         }
     }
 
@@ -119,6 +136,30 @@ impl Router {
         }
         tracing::debug!(node = %name, addr = %node.addr, "dialled node");
         Ok(Dialed { node, stream: Box::new(tcp) })
+    }
+
+    /// Asks the leaf's actor to dial through a tunnel; the leaf's agent resolves the host.
+    async fn dial_leaf(
+        &self,
+        cluster: &str,
+        addr: Addr<LeafActor>,
+        host: &str,
+        port: u16,
+        user: &str,
+    ) -> Result<Dialed, RouteError> {
+        // Agents dial registered nodes only, at their own address: 22 (what `ssh -J` sends)
+        // and 3022 can only mean "the node's port".
+        let port = if port == OPENSSH_DEFAULT_PORT || port == DEFAULT_NODE_PORT { 0 } else { port };
+        let leaf_err = |reason: TunnelError| RouteError::Leaf { cluster: cluster.to_string(), host: host.to_string(), reason };
+        let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace: Default::default() };
+        let stream = match addr.send(msg).await {
+            Ok(r) => r.map_err(leaf_err)?,
+            // The actor stopped: its last tunnel went away meanwhile.
+            Err(_) => return Err(RouteError::ClusterOffline(cluster.to_string())),
+        };
+        tracing::debug!(leaf = cluster, host, port, "dialled through a reverse tunnel");
+        let node = Node { hostname: host.to_string(), cluster: cluster.to_string(), tunnel: true, ..Default::default() };
+        Ok(Dialed { node, stream: Box::new(stream) })
     }
 
     async fn resolve(&self, host: &str, port: u16) -> Result<Node, RouteError> {
@@ -160,13 +201,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn only_the_own_cluster_is_routed() {
+    async fn own_cluster_is_local_and_unconnected_leaves_are_named() {
         let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
-        let r = Router::new("root.example.com".into(), AuthClient::new(channel));
+        let hub = Hub::start("root.example.com", "proxy-1", "", Default::default()).unwrap();
+        hub.set_leaf_cas([("leaf-b".to_string(), vec!["pem".to_string()])].into_iter().collect());
+        let r = Router::new("root.example.com".into(), AuthClient::new(channel), hub);
         assert_eq!(r.cluster("").unwrap(), ClusterRoute::Local);
         assert_eq!(r.cluster("root.example.com").unwrap(), ClusterRoute::Local);
         let e = r.cluster("leaf").unwrap_err().to_string();
         assert_eq!(e, "cluster \"leaf\" is not found");
+        let e = r.cluster("leaf-b").unwrap_err().to_string();
+        assert_eq!(e, "cluster \"leaf-b\" is offline: no reverse tunnel from it is connected to this proxy");
+        let e = r.dial("leaf-b", "node", 0, "alice").await.err().unwrap().to_string();
+        assert!(e.contains("is offline"), "{e}");
         let g = r.track();
         assert_eq!(r.active_sessions(), 1);
         drop(g);

@@ -1,5 +1,6 @@
-//! State shared by the web API, the SSH front door and the heartbeat: who this proxy is, the
-//! auth client, the CAs it currently trusts, and the addresses it serves.
+//! State shared by the web API, the SSH front door, the tunnel server and the heartbeat: who
+//! this proxy is, the auth client, the CAs it currently trusts, the leaf tunnels, and the
+//! addresses it serves.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::route::Router;
+use crate::tunnel::Hub;
 use crate::web::tls::ReloadableClientVerifier;
 
 /// How long any call to the auth service may take before the caller gives up.
@@ -60,12 +62,16 @@ pub struct ProxyState {
     pub nodename: String,
     auth: AuthClient<Channel>,
     pub router: Router,
+    /// Leaf clusters' tunnels and CAs.
+    pub tunnels: Arc<Hub>,
     cas: RwLock<TrustedCas>,
     pub client_verifier: Arc<ReloadableClientVerifier>,
     pub addrs: Addrs,
 }
 
 impl ProxyState {
+    // One argument per shared part; a builder would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cluster_name: String,
         host_id: String,
@@ -74,14 +80,16 @@ impl ProxyState {
         cas: TrustedCas,
         client_verifier: Arc<ReloadableClientVerifier>,
         addrs: Addrs,
+        tunnels: Arc<Hub>,
     ) -> Self {
-        let router = Router::new(cluster_name.clone(), auth.clone());
+        let router = Router::new(cluster_name.clone(), auth.clone(), tunnels.clone());
         ProxyState {
             cluster_name,
             host_id,
             nodename,
             auth,
             router,
+            tunnels,
             cas: RwLock::new(cas),
             client_verifier,
             addrs,

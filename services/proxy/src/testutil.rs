@@ -12,6 +12,8 @@ use crate::web::tls::ReloadableClientVerifier;
 
 pub const CLUSTER: &str = "root.example.com";
 pub const PASSWORD: &str = "correct horse";
+/// The invite token the fake auth accepts from leaf clusters.
+pub const CLUSTER_TOKEN: &str = "invite-token";
 
 /// What the fake auth service knows and what it was asked.
 #[derive(Default)]
@@ -20,6 +22,12 @@ pub struct FakeAuth {
     /// (host, port) of every ResolveNode call.
     pub resolved: Mutex<Vec<(String, u32)>>,
     pub logins: Mutex<Vec<AuthenticateUserRequest>>,
+    /// Leaves ListRemoteClusters answers with (whatever the user).
+    pub remote_clusters: Vec<RemoteCluster>,
+    /// What heartbeats answer in `leaf_cas`.
+    pub leaf_cas: Mutex<Vec<ClusterCa>>,
+    pub reports: Mutex<Vec<ReportTunnelsRequest>>,
+    pub validations: Mutex<Vec<ValidateTrustedClusterRequest>>,
 }
 
 fn cas() -> CertAuthorities {
@@ -88,7 +96,9 @@ impl Auth for Served {
         nope()
     }
     async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        Ok(Response::new(HeartbeatResponse { cas: Some(cas()) }))
+        let leaf_cas = self.leaf_cas.lock().unwrap().clone();
+        let proxies = vec![Proxy { id: "other-proxy".into(), tunnel_addr: "other:3024".into() }];
+        Ok(Response::new(HeartbeatResponse { cas: Some(cas()), leaf_cas, proxies }))
     }
     async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         if r.into_inner().user_tls_cert.is_empty() {
@@ -125,6 +135,36 @@ impl Auth for Served {
         nope()
     }
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        nope()
+    }
+    async fn validate_trusted_cluster(
+        &self,
+        r: Request<ValidateTrustedClusterRequest>,
+    ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
+        let r = r.into_inner();
+        self.validations.lock().unwrap().push(r.clone());
+        if r.token != CLUSTER_TOKEN {
+            return Err(Status::permission_denied("access denied: the cluster token has been rejected"));
+        }
+        Ok(Response::new(ValidateTrustedClusterResponse { root_cluster_name: CLUSTER.into(), root_cas: Some(cas()) }))
+    }
+    async fn report_tunnels(&self, r: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
+        self.reports.lock().unwrap().push(r.into_inner());
+        Ok(Response::new(Empty {}))
+    }
+    async fn list_remote_clusters(
+        &self,
+        r: Request<ListRemoteClustersRequest>,
+    ) -> Result<Response<ListRemoteClustersResponse>, Status> {
+        if r.into_inner().user_tls_cert.is_empty() {
+            return Err(Status::invalid_argument("a proxy must name the user (user_tls_cert)"));
+        }
+        Ok(Response::new(ListRemoteClustersResponse { clusters: self.remote_clusters.clone() }))
+    }
+    async fn list_trusted_clusters(
+        &self,
+        _: Request<ListTrustedClustersRequest>,
+    ) -> Result<Response<ListTrustedClustersResponse>, Status> {
         nope()
     }
 }
@@ -173,6 +213,7 @@ pub fn state_with_ca(
         TrustedCas { ssh_user: ssh_user_cas, tls_pems: vec![ca.cert_pem().to_string()] },
         verifier,
         addrs,
+        crate::tunnel::Hub::start(CLUSTER, "host-1", "127.0.0.1:43024", Default::default()).unwrap(),
     ));
     (state, ca)
 }

@@ -7,10 +7,17 @@ use portcullis_rpc::join::JoinError;
 /// logged and retried, since the root may come back.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    // The join error is part of the message rather than a source, so it is said once.
     #[error("cannot join the leaf cluster: {0}")]
-    Join(#[from] JoinError),
+    Join(JoinError),
     #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
     NoAuthServer,
     #[error(transparent)]
     Rpc(#[from] RpcError),
+}
+
+impl From<JoinError> for AgentError {
+    fn from(e: JoinError) -> Self {
+        AgentError::Join(e)
+    }
 }

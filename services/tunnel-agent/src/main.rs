@@ -1,6 +1,8 @@
-//! `portcullis-tunnel-agent`: dials out from a leaf cluster to the root's proxies.
+//! `portcullis-tunnel-agent`: parses flags and runs the leaf-side reverse-tunnel agent.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use portcullis_config::{AgentSettings, CommonFlags};
 
 #[derive(Parser)]
 #[command(name = "portcullis-tunnel-agent", about = "Portcullis reverse-tunnel agent (leaf side)")]
@@ -11,15 +13,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Join the leaf cluster and keep tunnels to its trusted root clusters.
+    Start(Box<StartArgs>),
     /// Print a commented sample configuration.
     Configure,
     /// Print the version.
     Version,
 }
 
-fn main() {
+#[derive(clap::Args)]
+struct StartArgs {
+    #[command(flatten)]
+    common: CommonFlags,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Configure => print!("{}", portcullis_config::sample::sample("agent")),
         Command::Version => println!("portcullis-tunnel-agent v{}", env!("CARGO_PKG_VERSION")),
+        Command::Start(args) => {
+            // The agent only dials out: no listener to bind.
+            let settings = AgentSettings::load(&args.common)?;
+            portcullis_rpc::telemetry::init_logging(&settings.common.log);
+            portcullis_rpc::install_crypto_provider();
+            portcullis_tunnel_agent::run(settings, portcullis_rpc::telemetry::shutdown_signal()).await?;
+        }
     }
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! The SSH front door: users authenticate with their cluster-signed certificate and get byte
-//! pipes (`direct-tcpip` or the `proxy:` subsystem) to nodes. The proxy never sees the
-//! end-to-end session inside those pipes.
+//! pipes (`direct-tcpip` or the `proxy:` subsystem) to nodes, of this cluster or of a leaf
+//! through its reverse tunnel. The proxy never sees the end-to-end session inside those pipes.
+//!
+//! Leaf clusters' `cluster_labels` are not checked here (auth has no call answering it for an
+//! SSH certificate); the leaf enforces its own RBAC on the mapped roles.
 
 pub mod subsystem;
 #[cfg(test)]
@@ -190,9 +193,9 @@ impl Handler for SshConn {
         // Resolving and dialling take round trips; doing them in a task keeps this
         // connection's other channels flowing meanwhile.
         tokio::spawn(async move {
-            match state.router.dial(&user.route_to_cluster, &host, port).await {
+            match state.router.dial(&user.route_to_cluster, &host, port, &user.name).await {
                 Ok(dialed) => {
-                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, "forwarding direct-tcpip to node");
+                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding direct-tcpip to node");
                     reply.accept().await;
                     pipe(&state, channel, dialed.stream).await;
                 }
@@ -219,9 +222,9 @@ impl Handler for SshConn {
         session.channel_success(id)?;
         let state = self.state.clone();
         tokio::spawn(async move {
-            match state.router.dial(&target.cluster, &target.host, target.port).await {
+            match state.router.dial(&target.cluster, &target.host, target.port, &user.name).await {
                 Ok(dialed) => {
-                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, "forwarding proxy subsystem to node");
+                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding proxy subsystem to node");
                     pipe(&state, channel, dialed.stream).await;
                 }
                 Err(e) => {

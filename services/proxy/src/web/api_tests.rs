@@ -228,3 +228,43 @@ async fn https_client_certificates_reach_handlers() {
     handle.stop(true).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[actix_web::test]
+async fn trusted_cluster_validation_is_passed_to_auth() {
+    let fake = Arc::new(FakeAuth::default());
+    let state = testutil::state(Some(testutil::serve_fake(fake.clone()).await), vec![]);
+    let body = |token: &str| {
+        json!({
+            "token": token,
+            "cluster_name": "leaf.example.com",
+            "cas": {"tls_ca_pem": ["leaf-tls"], "ssh_user_ca": ["leaf-user"], "ssh_host_ca": ["leaf-host"]},
+        })
+    };
+    let req = test::TestRequest::post()
+        .uri("/webapi/trustedclusters/validate")
+        .peer_addr("10.9.8.7:4444".parse().unwrap())
+        .set_json(body("wrong-token"));
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(v, json!({"error": "access denied: the cluster token has been rejected"}));
+
+    let req = test::TestRequest::post().uri("/webapi/trustedclusters/validate").set_json(body(testutil::CLUSTER_TOKEN));
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["cluster_name"], CLUSTER);
+    assert_eq!(v["cas"], json!({"tls_ca_pem": ["tls-ca"], "ssh_user_ca": ["user-ca"], "ssh_host_ca": ["host-ca"]}));
+    {
+        let seen = fake.validations.lock().unwrap();
+        assert_eq!(seen[0].leaf_cluster_name, "leaf.example.com");
+        assert_eq!(seen[0].remote_addr, "10.9.8.7:4444");
+        let cas = seen[1].leaf_cas.clone().unwrap();
+        assert_eq!((cas.tls_ca_pem, cas.ssh_user_ca, cas.ssh_host_ca), (vec!["leaf-tls".into()], vec!["leaf-user".into()], vec!["leaf-host".into()]));
+    }
+
+    let req = test::TestRequest::post()
+        .uri("/webapi/trustedclusters/validate")
+        .set_json(json!({"token": "x", "cluster_name": " "}));
+    let (status, v) = call(state, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().starts_with("cluster_name is empty"), "{v}");
+}

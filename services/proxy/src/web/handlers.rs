@@ -6,9 +6,9 @@ use portcullis_proto::auth::{AuthenticateUserRequest, AuthorizeSshRequest, CertA
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, PeerCert};
+use super::{ApiError, PeerCert, clusters};
 use crate::host_of;
-use crate::route::ClusterRoute;
+use crate::route::{ClusterRoute, RouteError};
 use crate::state::{ProxyState, auth_call};
 
 type State = web::Data<ProxyState>;
@@ -17,6 +17,8 @@ type State = web::Data<ProxyState>;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webapi/ping", web::get().to(ping))
         .route("/webapi/login", web::post().to(login))
+        .route("/webapi/trustedclusters/validate", web::post().to(clusters::validate))
+        .route("/webapi/sites", web::get().to(clusters::sites))
         .route("/webapi/sites/{cluster}/nodes", web::get().to(nodes))
         .route("/webapi/ssh/authorize", web::post().to(authorize));
 }
@@ -77,16 +79,26 @@ struct LoginRequest {
     cluster: String,
 }
 
-#[derive(Debug, Serialize)]
-struct CasJson {
+/// CAs as JSON, the same shape in login answers and trusted-cluster requests.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CasJson {
+    #[serde(default)]
     tls_ca_pem: Vec<String>,
+    #[serde(default)]
     ssh_user_ca: Vec<String>,
+    #[serde(default)]
     ssh_host_ca: Vec<String>,
 }
 
 impl From<CertAuthorities> for CasJson {
     fn from(c: CertAuthorities) -> Self {
         CasJson { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
+    }
+}
+
+impl From<CasJson> for CertAuthorities {
+    fn from(c: CasJson) -> Self {
+        CertAuthorities { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
     }
 }
 
@@ -99,7 +111,7 @@ struct LoginResponse {
     cas: CasJson,
 }
 
-fn peer_addr(req: &HttpRequest) -> String {
+pub(super) fn peer_addr(req: &HttpRequest) -> String {
     req.peer_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
@@ -140,19 +152,23 @@ async fn login(req: HttpRequest, state: State, body: web::Json<LoginRequest>) ->
     }))
 }
 
+/// The verified client certificate (DER) of the connection, required by user routes.
+pub(super) fn require_cert(req: &HttpRequest) -> Result<Vec<u8>, ApiError> {
+    req.conn_data::<PeerCert>()
+        .map(|c| c.0.clone())
+        .ok_or_else(|| ApiError::unauthorized("a client certificate is required: run 'tsh login'"))
+}
+
 /// `GET /webapi/sites/{cluster}/nodes`: the nodes the user (named by its TLS certificate)
-/// may see.
+/// may see, of this cluster or of a leaf.
 async fn nodes(req: HttpRequest, state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let cert = req
-        .conn_data::<PeerCert>()
-        .ok_or_else(|| ApiError::unauthorized("a client certificate is required: run 'tsh login'"))?
-        .clone();
+    let cert = require_cert(&req)?;
     let cluster = path.into_inner();
-    match state.router.cluster(&cluster)? {
-        ClusterRoute::Local => {}
+    if !cluster.is_empty() && cluster != state.cluster_name {
+        return clusters::leaf_nodes(&state, cert, &cluster).await;
     }
     let resp = auth_call(state.auth().list_nodes(ListNodesRequest {
-        user_tls_cert: cert.0,
+        user_tls_cert: cert,
         labels: Default::default(),
     }))
     .await?;
@@ -184,8 +200,17 @@ async fn authorize(req: HttpRequest, state: State, body: web::Json<AuthorizeRequ
     if body.ssh_cert.trim().is_empty() {
         return Err(ApiError::bad_request("ssh_cert is empty"));
     }
-    match state.router.cluster(&body.cluster)? {
-        ClusterRoute::Local => {}
+    match state.router.cluster(&body.cluster) {
+        Ok(ClusterRoute::Local) => {}
+        // The root cannot see the leaf's decision; the leaf audits it.
+        Ok(ClusterRoute::Leaf(_)) => {
+            let reason = format!("the leaf cluster {} refused the login; its audit log has the reason", body.cluster);
+            return Ok(HttpResponse::Ok().json(json!({ "allowed": false, "reason": reason })));
+        }
+        Err(e @ RouteError::ClusterOffline(_)) => {
+            return Ok(HttpResponse::Ok().json(json!({ "allowed": false, "reason": e.to_string() })));
+        }
+        Err(e) => return Err(e.into()),
     }
     let resp = auth_call(state.auth().authorize_ssh(AuthorizeSshRequest {
         ssh_cert: body.ssh_cert,

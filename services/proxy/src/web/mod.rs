@@ -1,8 +1,10 @@
-//! The HTTPS web API (actix-web): ping, password login, node listing and explanations of SSH
-//! refusals. Errors are `{"error": "..."}` with a 4xx/5xx status.
+//! The HTTPS web API (actix-web): ping, password login, clusters and node listing,
+//! explanations of SSH refusals, and leaf clusters asking for trust. Errors are
+//! `{"error": "..."}` with a 4xx/5xx status.
 
 #[cfg(test)]
 mod api_tests;
+pub mod clusters;
 pub mod handlers;
 pub mod tls;
 
@@ -18,6 +20,7 @@ use tonic::{Code, Status};
 
 use crate::route::RouteError;
 use crate::state::ProxyState;
+use crate::tunnel::TunnelError;
 use crate::ProxyError;
 
 /// Largest JSON body accepted; requests are small, so anything bigger is a mistake or abuse.
@@ -89,11 +92,28 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         let status = match &e {
             RouteError::ClusterNotFound(_) | RouteError::NodeNotFound { .. } => StatusCode::NOT_FOUND,
+            RouteError::ClusterOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::Leaf { reason, .. } => tunnel_status(reason),
             RouteError::Resolve { .. } | RouteError::Connect { .. } | RouteError::Tunnel { .. } => {
                 StatusCode::BAD_GATEWAY
             }
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// The HTTP status for a request a leaf could not answer.
+fn tunnel_status(e: &TunnelError) -> StatusCode {
+    match e {
+        TunnelError::Offline(_) | TunnelError::Closed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        TunnelError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        TunnelError::DialFailed(_) | TunnelError::Leaf(_) | TunnelError::UnknownDial(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<TunnelError> for ApiError {
+    fn from(e: TunnelError) -> Self {
+        ApiError::new(tunnel_status(&e), e.to_string())
     }
 }
 

@@ -1,0 +1,300 @@
+//! The tunnel listener: TLS handshakes in their own tasks, then tonic serving
+//! `portcullis.tunnel.v1.Tunnel`. Each connection carries the verified agent identity to the
+//! handlers as tonic connect info.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
+use portcullis_proto::tunnel::proxy_frame::Msg as ProxyMsg;
+use portcullis_proto::tunnel::tunnel_server::{Tunnel, TunnelServer};
+use portcullis_proto::tunnel::{AgentFrame, Chunk, Heartbeat, ProxyFrame, ProxySet, Welcome};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::actor::{DialArrived, DialFailed, NodesAnswered, TunnelDown, TunnelHeartbeat, TunnelUp};
+use super::stream::DialStream as ByteStream;
+use super::{Hub, LeafActor};
+use crate::ProxyError;
+
+/// Metadata naming the dial a `Dial` stream answers.
+pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is at the other end of a tunnel connection, from its verified certificate.
+#[derive(Debug, Clone)]
+pub struct AgentPeer {
+    /// The leaf cluster (certificate O).
+    pub cluster: String,
+    /// The agent's host id (certificate CN).
+    pub agent_id: String,
+    pub remote_addr: SocketAddr,
+}
+
+/// A TLS connection from a verified agent.
+pub struct AgentConn {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: AgentPeer,
+}
+
+impl Connected for AgentConn {
+    type ConnectInfo = AgentPeer;
+    fn connect_info(&self) -> AgentPeer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for AgentConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+}
+
+/// Serves tunnels on `listener` until `shutdown` resolves.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<AgentConn, std::io::Error>>(16);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let accepting = tokio::spawn(accept_loop(listener, acceptor, conn_tx));
+    let service = TunnelServer::new(TunnelService { hub });
+    // Every user session of a leaf shares one HTTP/2 connection: windows larger than the
+    // 64 KiB default keep bulk copies (scp through the tunnel) from stalling on round trips.
+    let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+        .await
+        .map_err(|e| ProxyError::Server { server: "tunnel", reason: portcullis_rpc::client::error_chain(&e) });
+    accepting.abort();
+    result
+}
+
+/// Accepts TCP connections and runs each TLS handshake in its own task, so a slow or
+/// silent client never holds up the others.
+async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, conns: mpsc::Sender<Result<AgentConn, std::io::Error>>) {
+    loop {
+        let (tcp, remote_addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!("accepting a tunnel connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, conns) = (acceptor.clone(), conns.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return tracing::info!(%remote_addr, "tunnel TLS handshake failed: {e}"),
+                Err(_) => return tracing::info!(%remote_addr, "tunnel TLS handshake timed out"),
+            };
+            // The verifier has checked the certificate; only its names are read here.
+            let id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| portcullis_pki::x509::parse_identity(c.as_ref()).ok());
+            let Some(id) = id else {
+                return tracing::info!(%remote_addr, "tunnel connection without a readable client certificate");
+            };
+            tracing::debug!(%remote_addr, leaf = %id.cluster, agent = %id.name, "tunnel agent connected");
+            let peer = AgentPeer { cluster: id.cluster, agent_id: id.name, remote_addr };
+            let _ = conns.send(Ok(AgentConn { tls, peer })).await;
+        });
+    }
+}
+
+/// The gRPC service; one per listener.
+pub struct TunnelService {
+    pub hub: Arc<Hub>,
+}
+
+fn peer_of<T>(req: &Request<T>) -> Result<AgentPeer, Status> {
+    req.extensions()
+        .get::<AgentPeer>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("a verified tunnel agent certificate is required"))
+}
+
+fn frame(msg: ProxyMsg) -> Result<ProxyFrame, Status> {
+    Ok(ProxyFrame { msg: Some(msg) })
+}
+
+fn unix_millis() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl Tunnel for TunnelService {
+    type ControlStream = ReceiverStream<Result<ProxyFrame, Status>>;
+    type DialStream = ReceiverStream<Result<Chunk, Status>>;
+
+    async fn control(&self, req: Request<Streaming<AgentFrame>>) -> Result<Response<Self::ControlStream>, Status> {
+        let peer = peer_of(&req)?;
+        let (out_tx, out_rx) = mpsc::channel(32);
+        // Answer at once: an agent may wait for the response headers before sending Hello.
+        tokio::spawn(run_control(self.hub.clone(), peer, req.into_inner(), out_tx));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn dial(&self, req: Request<Streaming<Chunk>>) -> Result<Response<Self::DialStream>, Status> {
+        let peer = peer_of(&req)?;
+        let dial_id = req
+            .metadata()
+            .get(DIAL_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| Status::invalid_argument(format!("the {DIAL_ID_HEADER} metadata is missing or not a number")))?;
+        let Some(addr) = self.hub.leaf(&peer.cluster) else {
+            return Err(Status::not_found(format!("no dial with id {dial_id} is waiting for a connection")));
+        };
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let stream = ByteStream::new(req.into_inner(), out_tx);
+        let arrived = DialArrived { dial_id, agent_id: peer.agent_id.clone(), stream };
+        match addr.send(arrived).await {
+            Ok(Ok(())) => Ok(Response::new(ReceiverStream::new(out_rx))),
+            Ok(Err(e)) => {
+                tracing::info!(leaf = %peer.cluster, agent = %peer.agent_id, dial_id, "dial stream refused: {e}");
+                Err(Status::not_found(e.to_string()))
+            }
+            Err(_) => Err(Status::unavailable("the leaf's tunnels are closing")),
+        }
+    }
+}
+
+/// One control stream: Hello, Welcome and ProxySet, then heartbeats both ways, frames from
+/// the leaf's actor down and the agent's answers up, until either side ends it.
+async fn run_control(
+    hub: Arc<Hub>,
+    peer: AgentPeer,
+    mut inbound: Streaming<AgentFrame>,
+    out: mpsc::Sender<Result<ProxyFrame, Status>>,
+) {
+    let timings = hub.timings;
+    let hello = match tokio::time::timeout(timings.answer_timeout, inbound.message()).await {
+        Ok(Ok(Some(AgentFrame { msg: Some(AgentMsg::Hello(h)) }))) => h,
+        Ok(Err(s)) => return tracing::debug!(leaf = %peer.cluster, "control stream ended before Hello: {s}"),
+        Err(_) => {
+            let _ = out.send(Err(Status::deadline_exceeded("no Hello frame in time"))).await;
+            return;
+        }
+        Ok(_) => {
+            let _ = out.send(Err(Status::invalid_argument("the first frame of a control stream must be Hello"))).await;
+            return;
+        }
+    };
+    if hello.agent_id != peer.agent_id {
+        // The certificate is what was verified; the Hello id is only informative.
+        tracing::debug!(leaf = %peer.cluster, cert = %peer.agent_id, hello = %hello.agent_id, "Hello names another agent id than the certificate");
+    }
+    let welcome = ProxyMsg::Welcome(Welcome {
+        proxy_id: hub.proxy_id.clone(),
+        root_cluster: hub.cluster_name.clone(),
+        heartbeat_seconds: u32::try_from(timings.heartbeat.as_secs().max(1)).unwrap_or(5),
+    });
+    let mut proxies = hub.proxy_set();
+    let set = ProxyMsg::Proxies(ProxySet { proxies: proxies.borrow_and_update().clone() });
+    if out.send(frame(welcome)).await.is_err() || out.send(frame(set)).await.is_err() {
+        return;
+    }
+
+    let tunnel_id = hub.registry.next_id();
+    let (tx, mut frames) = mpsc::channel::<ProxyFrame>(64);
+    let up = TunnelUp { tunnel_id, agent_id: peer.agent_id.clone(), tx };
+    let actor = match hub.registry.tunnel_up(hub.arbiter(), &hub.deps(), &peer.cluster, up).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = out.send(Err(Status::unavailable(e.to_string()))).await;
+            return;
+        }
+    };
+    tracing::info!(leaf = %peer.cluster, agent = %peer.agent_id, version = %hello.version, remote = %peer.remote_addr, tunnel = tunnel_id, "tunnel agent registered");
+
+    let mut beat = tokio::time::interval(timings.heartbeat);
+    beat.tick().await;
+    let mut watching = true;
+    let why = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(f)) => forward_up(&actor, tunnel_id, f),
+                Ok(None) => break "the agent closed the stream".to_string(),
+                Err(s) => break format!("the stream broke: {}", s.message()),
+            },
+            f = frames.recv() => match f {
+                Some(f) => if out.send(Ok(f)).await.is_err() { break "the agent went away".into() },
+                // The actor dropped the tunnel (silent too long, trust removed, shutdown).
+                None => break "closed by the proxy".into(),
+            },
+            _ = beat.tick() => {
+                let hb = ProxyMsg::Heartbeat(Heartbeat { unix_millis: unix_millis() });
+                if out.send(frame(hb)).await.is_err() { break "the agent went away".into() }
+            }
+            changed = proxies.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                } else {
+                    let set = ProxyMsg::Proxies(ProxySet { proxies: proxies.borrow_and_update().clone() });
+                    if out.send(frame(set)).await.is_err() { break "the agent went away".into() }
+                }
+            }
+            _ = out.closed() => break "the agent went away".into(),
+        }
+    };
+    tracing::debug!(leaf = %peer.cluster, agent = %peer.agent_id, tunnel = tunnel_id, "control stream ends: {why}");
+    actor.do_send(TunnelDown { tunnel_id });
+}
+
+/// Hands one agent frame to the leaf's actor.
+fn forward_up(actor: &actix::Addr<LeafActor>, tunnel_id: u64, f: AgentFrame) {
+    match f.msg {
+        Some(AgentMsg::Heartbeat(_)) => actor.do_send(TunnelHeartbeat { tunnel_id }),
+        Some(AgentMsg::DialFailed(d)) => {
+            actor.do_send(TunnelHeartbeat { tunnel_id });
+            actor.do_send(DialFailed { dial_id: d.dial_id, reason: d.reason });
+        }
+        Some(AgentMsg::Nodes(n)) => {
+            actor.do_send(TunnelHeartbeat { tunnel_id });
+            actor.do_send(NodesAnswered(n));
+        }
+        Some(AgentMsg::Hello(_)) | None => {}
+    }
+}

@@ -1,0 +1,204 @@
+//! Serving the root proxy's requests on a tunnel: dialling leaf nodes (registered ones and
+//! the leaf auth service only) and listing the leaf's nodes for root users.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::auth::{AuditEventRequest, ListNodesRequest, ResolveNodeRequest};
+use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
+use portcullis_proto::tunnel::tunnel_client::TunnelClient;
+use portcullis_proto::tunnel::{AgentFrame, Chunk, DialFailed, DialRequest, NodesAnswer, NodesQuery};
+use portcullis_rpc::client::error_chain;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::{Agent, CALL_TIMEOUT};
+
+/// The gRPC metadata naming the dial request a `Dial` stream answers.
+pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
+/// The host name that stands for the leaf's own auth service.
+pub const AUTH_HOST: &str = "@auth";
+/// Longest wait for a TCP connection to a leaf node, and for the proxy to take the stream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the node per chunk.
+const READ_SIZE: usize = 32 * 1024;
+/// Chunks queued towards the proxy; HTTP/2 flow control does the rest.
+const CHUNK_QUEUE: usize = 16;
+/// After one direction ended, how long the other may take to follow.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves one `DialRequest` from the proxy of root cluster `root`: resolves the target,
+/// connects, and pipes bytes through a `Dial` stream on `channel` (the tunnel's own
+/// connection). Failures answer `DialFailed` on `control` and go to the leaf's audit log.
+pub async fn serve(
+    agent: Arc<Agent>,
+    root: String,
+    channel: Channel,
+    control: mpsc::Sender<AgentFrame>,
+    req: DialRequest,
+) {
+    let target = format!("{}:{}", req.host, req.port);
+    tracing::debug!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target}");
+    let addr = match resolve(&agent, &req, &target).await {
+        Ok(a) => a,
+        Err(reason) => return refuse(&agent, &root, &control, &req, &target, reason).await,
+    };
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return refuse(&agent, &root, &control, &req, &target, format!("cannot connect to {addr}: {e}")).await;
+        }
+        Err(_) => {
+            let reason = format!("cannot connect to {addr}: no answer in {}s", CONNECT_TIMEOUT.as_secs());
+            return refuse(&agent, &root, &control, &req, &target, reason).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (out_tx, out_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
+    // An empty first chunk makes the stream reach the proxy at once.
+    let _ = out_tx.send(Chunk { data: Vec::new() }).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+    if let Ok(v) = req.dial_id.to_string().parse() {
+        request.metadata_mut().insert(DIAL_ID_HEADER, v);
+    }
+    let inbound = match tokio::time::timeout(CONNECT_TIMEOUT, TunnelClient::new(channel).dial(request)).await {
+        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Err(status)) => {
+            let reason = format!("the root proxy refused the dial stream: {}", error_chain(&status));
+            return refuse(&agent, &root, &control, &req, &target, reason).await;
+        }
+        Err(_) => {
+            let reason = format!("the root proxy did not take the dial stream in {}s", CONNECT_TIMEOUT.as_secs());
+            return refuse(&agent, &root, &control, &req, &target, reason).await;
+        }
+    };
+    tracing::debug!(dial_id = req.dial_id, "dial to {target} connected to {addr}");
+    pipe(tcp, out_tx, inbound).await;
+    tracing::debug!(dial_id = req.dial_id, "dial to {target} closed");
+}
+
+/// The address to dial: the leaf auth for `@auth`, else a node the auth service knows.
+async fn resolve(agent: &Agent, req: &DialRequest, target: &str) -> Result<String, String> {
+    if req.host == AUTH_HOST {
+        return Ok(agent.auth_addr.clone());
+    }
+    let mut auth = agent.auth.clone();
+    let ask = auth.resolve_node(ResolveNodeRequest { host: req.host.clone(), port: req.port });
+    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
+        Ok(Ok(resp)) => match resp.into_inner().node {
+            Some(n) if !n.addr.is_empty() => Ok(n.addr),
+            Some(n) => Err(format!("node {} ({}) has no address", n.hostname, n.id)),
+            None => Err(format!("{target} is not a registered node of cluster {}", agent.cluster())),
+        },
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+            Err(format!("{target} is not a registered node of cluster {}", agent.cluster()))
+        }
+        Ok(Err(status)) => Err(format!("cannot resolve {target}: {}", status.message())),
+        Err(_) => Err(format!("cannot resolve {target}: the auth service did not answer in {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Answers a failed dial and records it in the leaf's audit log.
+async fn refuse(
+    agent: &Agent,
+    root: &str,
+    control: &mpsc::Sender<AgentFrame>,
+    req: &DialRequest,
+    target: &str,
+    reason: String,
+) {
+    tracing::info!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target} failed: {reason}");
+    let event = serde_json::json!({
+        "event": "tunnel.dial",
+        "success": false,
+        "cluster": root,
+        "user": req.user,
+        "target": target,
+        "error": reason,
+    });
+    let failed = DialFailed { dial_id: req.dial_id, reason };
+    let _ = control.send(AgentFrame { msg: Some(AgentMsg::DialFailed(failed)) }).await;
+    let mut auth = agent.auth.clone();
+    let emit = auth.emit_audit_event(AuditEventRequest { event_json: event.to_string() });
+    match tokio::time::timeout(CALL_TIMEOUT, emit).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => tracing::warn!("cannot write the tunnel.dial audit event: {}", status.message()),
+        Err(_) => tracing::warn!("cannot write the tunnel.dial audit event: no answer in {CALL_TIMEOUT:?}"),
+    }
+}
+
+/// Copies bytes both ways until both directions ended. The end of one direction is passed
+/// on (TCP write shutdown, end of the outbound stream) so SSH closes cleanly; a broken
+/// stream drops the connection at once.
+async fn pipe(tcp: TcpStream, out: mpsc::Sender<Chunk>, mut inbound: Streaming<Chunk>) {
+    let (mut rd, mut wr) = tcp.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; READ_SIZE];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send(Chunk { data: buf[..n].to_vec() }).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Dropping `out` here ends the outbound stream.
+    };
+    let down = async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(c)) if c.data.is_empty() => {}
+                Ok(Some(c)) => {
+                    if wr.write_all(&c.data).await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(None) => {
+                    let _ = wr.shutdown().await;
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        clean = &mut down => {
+            if clean {
+                let _ = tokio::time::timeout(CLOSE_GRACE, up).await;
+            }
+        }
+        () = &mut up => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, down).await;
+        }
+    }
+}
+
+/// Answers a `NodesQuery`: the leaf nodes the root user (named by its certificate, which the
+/// leaf auth verifies and maps) may see.
+pub async fn answer_nodes(agent: Arc<Agent>, control: mpsc::Sender<AgentFrame>, q: NodesQuery) {
+    let mut auth = agent.auth.clone();
+    let ask = auth.list_nodes(ListNodesRequest { user_tls_cert: q.user_tls_cert, labels: q.labels });
+    let mut answer = NodesAnswer { request_id: q.request_id, ..Default::default() };
+    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
+        Ok(Ok(resp)) => {
+            answer.nodes = resp.into_inner().nodes;
+            for n in &mut answer.nodes {
+                n.tunnel = true;
+                if n.cluster.is_empty() {
+                    n.cluster = agent.cluster().to_string();
+                }
+            }
+        }
+        Ok(Err(status)) => answer.error = status.message().to_string(),
+        Err(_) => answer.error = format!("the leaf auth service did not answer in {CALL_TIMEOUT:?}"),
+    }
+    tracing::debug!(request_id = answer.request_id, nodes = answer.nodes.len(), "answering a node listing");
+    let _ = control.send(AgentFrame { msg: Some(AgentMsg::Nodes(answer)) }).await;
+}
