@@ -139,6 +139,27 @@ impl Auth for Svc {
             ca_pin: "sha256:abcd".into(),
         }))
     }
+    async fn validate_trusted_cluster(
+        &self,
+        _: Request<ValidateTrustedClusterRequest>,
+    ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
+        Err(Status::unimplemented("not used by tctl"))
+    }
+    async fn report_tunnels(&self, _: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by tctl"))
+    }
+    async fn list_remote_clusters(
+        &self,
+        _: Request<ListRemoteClustersRequest>,
+    ) -> Result<Response<ListRemoteClustersResponse>, Status> {
+        Err(Status::unimplemented("not used by tctl"))
+    }
+    async fn list_trusted_clusters(
+        &self,
+        _: Request<ListTrustedClustersRequest>,
+    ) -> Result<Response<ListTrustedClustersResponse>, Status> {
+        Err(Status::unimplemented("not used by tctl"))
+    }
 }
 
 fn issue(ca: &TlsCa, name: &str, role: &str, dns: &[&str]) -> (String, String) {

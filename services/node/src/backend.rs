@@ -13,6 +13,11 @@ pub trait AuthBackend: Send + Sync + 'static {
     fn authorize_ssh(&self, req: AuthorizeSshRequest) -> BoxFuture<'static, Result<AuthorizeSshResponse, Status>>;
     /// `EmitAuditEvent`: appends one JSON event to the cluster's audit log.
     fn emit_audit_event(&self, event_json: String) -> BoxFuture<'static, Result<(), Status>>;
+    /// The SSH user CAs the cluster trusts right now (its own and active trusted roots').
+    /// Used to refresh the node's copy at once when trust changes between heartbeats.
+    fn user_cas(&self) -> BoxFuture<'static, Result<Vec<String>, Status>> {
+        Box::pin(async { Err(Status::unimplemented("this backend cannot list CAs")) })
+    }
 }
 
 // The inherent methods take `&mut self`, the trait's `&self`: spelled out to pick the former.
@@ -25,5 +30,13 @@ impl AuthBackend for AuthClient<Channel> {
     fn emit_audit_event(&self, event_json: String) -> BoxFuture<'static, Result<(), Status>> {
         let mut client = self.clone();
         Box::pin(async move { AuthClient::emit_audit_event(&mut client, AuditEventRequest { event_json }).await.map(|_| ()) })
+    }
+
+    fn user_cas(&self) -> BoxFuture<'static, Result<Vec<String>, Status>> {
+        let mut client = self.clone();
+        Box::pin(async move {
+            let resp = AuthClient::ping(&mut client, portcullis_proto::auth::PingRequest {}).await?.into_inner();
+            Ok(resp.cas.map(|c| c.ssh_user_ca).unwrap_or_default())
+        })
     }
 }

@@ -131,6 +131,7 @@ pub async fn run(
         auth: backend.clone(),
         audit: Auditor::new(backend),
         user_cas: user_cas.clone(),
+        cas_refreshed: Default::default(),
     });
     let announcement = Announcement {
         host_id: id.name.clone(),

@@ -35,6 +35,33 @@ pub struct NodeContext {
     pub auth: Arc<dyn AuthBackend>,
     pub audit: Auditor,
     pub user_cas: UserCas,
+    /// When the CA set was last fetched on demand, to bound refreshes to one a second.
+    pub cas_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl NodeContext {
+    /// Fetches the trusted user CAs from auth now, unless that was done within the last
+    /// second. Returns whether the set was refreshed.
+    async fn refresh_user_cas(&self) -> bool {
+        {
+            let mut last = self.cas_refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.auth.user_cas().await {
+            Ok(lines) => {
+                let keys = crate::heartbeat::parse_cas(&lines);
+                *self.user_cas.write().unwrap_or_else(PoisonError::into_inner) = keys;
+                true
+            }
+            Err(e) => {
+                tracing::debug!("cannot refresh the user CAs: {}", e.message());
+                false
+            }
+        }
+    }
 }
 
 /// The user the auth service let in on this connection.
@@ -216,9 +243,17 @@ impl russh::server::Handler for Connection {
     type Error = NodeError;
 
     async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
-        let cas = self.ctx.user_cas.read().unwrap_or_else(PoisonError::into_inner).clone();
         let key_id = certificate.key_id().to_string();
-        if let Err(e) = verify_user_cert(certificate, &cas, unix_now()) {
+        let check = || {
+            let cas = self.ctx.user_cas.read().unwrap_or_else(PoisonError::into_inner).clone();
+            verify_user_cert(certificate, &cas, unix_now())
+        };
+        let mut verdict = check();
+        // Trust may have been established (or re-enabled) since the last heartbeat.
+        if matches!(verdict, Err(portcullis_pki::PkiError::UntrustedAuthority { .. })) && self.ctx.refresh_user_cas().await {
+            verdict = check();
+        }
+        if let Err(e) = verdict {
             tracing::info!(user = %key_id, login = %user, remote = %self.remote_addr, "certificate refused: {e}");
             self.audit_auth_failure(&key_id, user, &e.to_string());
             return Ok(Auth::reject());

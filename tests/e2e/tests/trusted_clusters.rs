@@ -107,10 +107,16 @@ fn newest_guide_six_steps() {
     assert!(rows.contains(&(LEAF.into(), "online".into(), "leaf".into())), "{rows:?}");
 
     // Step 5: the remote cluster, online with a recent heartbeat; labels hide it.
-    let rc = p.root.tctl(&["get", "rc", "--format=json"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&rc.stdout).unwrap();
-    let leaf_rc = v.as_array().unwrap().iter().find(|r| r["metadata"]["name"] == LEAF).expect("rc for the leaf");
-    assert_eq!(leaf_rc["status"]["connection"], "online");
+    // The proxy reports its tunnels to auth a moment after they come up.
+    let leaf_rc = wait_for("tctl get rc shows the leaf online", Duration::from_secs(15), || {
+        let rc = p.root.tctl(&["get", "rc", "--format=json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&rc.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metadata"]["name"] == LEAF && r["status"]["connection"] == "online")
+            .cloned()
+    });
     let hb = leaf_rc["status"]["last_heartbeat"].as_str().expect("last_heartbeat");
     let hb = time::OffsetDateTime::parse(hb, &time::format_description::well_known::Rfc3339).unwrap();
     assert!(time::OffsetDateTime::now_utc() - hb < time::Duration::seconds(60), "heartbeat {hb} is recent");
