@@ -180,6 +180,14 @@ impl AuthState {
         }
     }
 
+    /// Access of the holder of one of our own SSH user certificates (checked here).
+    pub fn ssh_user_checker(&self, cert_text: &str) -> Result<AccessChecker, AuthError> {
+        let cert = ssh::parse_certificate(cert_text).map_err(|e| AuthError::bad(format!("unreadable SSH certificate: {e}")))?;
+        let info = ssh::verify_user_cert(&cert, &[self.user_ca.public_key().clone()], portcullis_pki::unix_now())
+            .map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
+        Ok(AccessChecker::new(self.roles_named(&info.roles)?, info.traits))
+    }
+
     /// Verifies a user's TLS certificate (DER) against the CA of the cluster it claims to
     /// come from, so no cluster can vouch for another's users.
     pub fn verify_user_tls(&self, der: &[u8]) -> Result<TlsIdentity, AuthError> {

@@ -350,6 +350,10 @@ impl Auth for AuthService {
         let r = req.into_inner();
         let resp = self
             .blocking(move |s| {
+                if !r.user_ssh_cert.is_empty() {
+                    let checker = s.ssh_user_checker(&r.user_ssh_cert)?;
+                    return s.remote_clusters_for(Some(&checker));
+                }
                 if r.user_tls_cert.is_empty() {
                     if !caller.has_system_role(system_role::ADMIN) {
                         return Err(AuthError::bad("a proxy must name the user (user_tls_cert)"));

@@ -100,6 +100,23 @@ impl Router {
         Err(RouteError::ClusterNotFound(cluster.to_string()))
     }
 
+    /// Checks that the holder of `ssh_cert` may see leaf `cluster` (its `cluster_labels`):
+    /// a leaf hidden from the user is reported exactly like one that does not exist.
+    pub async fn authorize_cluster(&self, cluster: &str, ssh_cert: &str) -> Result<(), RouteError> {
+        if cluster.is_empty() || cluster == self.cluster_name {
+            return Ok(());
+        }
+        let req = portcullis_proto::auth::ListRemoteClustersRequest { user_ssh_cert: ssh_cert.to_string(), ..Default::default() };
+        let mut auth = self.auth.clone();
+        let visible = match auth_call(auth.list_remote_clusters(req)).await {
+            Ok(resp) => resp.clusters.iter().any(|c| c.name == cluster),
+            Err(status) => {
+                return Err(RouteError::Resolve { host: cluster.to_string(), reason: status.message().to_string() });
+            }
+        };
+        if visible { Ok(()) } else { Err(RouteError::ClusterNotFound(cluster.to_string())) }
+    }
+
     /// Connects to `host[:port]` in `cluster` on behalf of `user`. Port 0 or 3022 means the
     /// node's own port.
     pub async fn dial(&self, cluster: &str, host: &str, port: u16, user: &str) -> Result<Dialed, RouteError> {

@@ -128,6 +128,9 @@ fn newest_guide_six_steps() {
     assert!(!rows.iter().any(|(n, _, _)| n == LEAF), "a labelled leaf is hidden: {rows:?}");
     let ls = tsh.run(&["ls", &format!("--cluster={LEAF}")]);
     assert_ne!(ls.code, 0, "hidden leaf cannot be listed: {ls:?}");
+    let ssh = tsh.run(&["ssh", &format!("--cluster={LEAF}"), &format!("{visitor}@leafnode"), "true"]);
+    assert_ne!(ssh.code, 0, "hidden leaf cannot be reached: {ssh:?}");
+    assert!(ssh.stderr.contains("not found"), "{}", ssh.stderr);
     let role = "kind: role\nmetadata:\n  name: demo-cluster-access\nspec:\n  allow:\n    cluster_labels:\n      'env': 'demo'\nversion: v5\n";
     p.root.create("demo.yaml", role, false).ok();
     let status = tsh.run(&["status", "-f", "json"]).ok();
@@ -147,6 +150,14 @@ fn newest_guide_six_steps() {
     let ls = tsh.run(&["ls", &format!("--cluster={LEAF}")]).ok();
     assert!(ls.stdout.contains("leafnode") && ls.stdout.contains("⟵ Tunnel"), "{}", ls.stdout);
     let pwd = tsh.run(&["ssh", &format!("--cluster={LEAF}"), &format!("{visitor}@leafnode"), "pwd"]).ok();
+    assert_eq!(pwd.stdout.trim(), home_of(&visitor));
+
+    // `tsh login <leaf>` selects the leaf: no --cluster needed afterwards.
+    let out = tsh.login(&p.root.web_addr(), "myuser", PASSWORD, &[LEAF]).ok();
+    assert!(out.stdout.contains(LEAF), "{}", out.stdout);
+    let st: serde_json::Value = serde_json::from_str(&tsh.run(&["status", "-f", "json"]).ok().stdout).unwrap();
+    assert_eq!(st["active"]["cluster"], LEAF);
+    let pwd = tsh.run(&["ssh", &format!("{visitor}@leafnode"), "pwd"]).ok();
     assert_eq!(pwd.stdout.trim(), home_of(&visitor));
 
     // The leaf's audit log records the mapped role on the session.

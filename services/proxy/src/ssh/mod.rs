@@ -100,6 +100,8 @@ struct SshUser {
     roles: Vec<String>,
     /// The cluster the certificate was issued for; where `direct-tcpip` goes.
     route_to_cluster: String,
+    /// The certificate itself, for cluster access checks by auth.
+    ssh_cert: String,
 }
 
 /// One client connection.
@@ -147,6 +149,7 @@ impl Handler for SshConn {
                     name: info.username,
                     roles: info.roles,
                     route_to_cluster: info.route_to_cluster,
+                    ssh_cert: cert.to_openssh().unwrap_or_default(),
                 });
                 Ok(Auth::Accept)
             }
@@ -193,7 +196,11 @@ impl Handler for SshConn {
         // Resolving and dialling take round trips; doing them in a task keeps this
         // connection's other channels flowing meanwhile.
         tokio::spawn(async move {
-            match state.router.dial(&user.route_to_cluster, &host, port, &user.name).await {
+            let routed = match state.router.authorize_cluster(&user.route_to_cluster, &user.ssh_cert).await {
+                Ok(()) => state.router.dial(&user.route_to_cluster, &host, port, &user.name).await,
+                Err(e) => Err(e),
+            };
+            match routed {
                 Ok(dialed) => {
                     tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding direct-tcpip to node");
                     reply.accept().await;
@@ -222,7 +229,11 @@ impl Handler for SshConn {
         session.channel_success(id)?;
         let state = self.state.clone();
         tokio::spawn(async move {
-            match state.router.dial(&target.cluster, &target.host, target.port, &user.name).await {
+            let routed = match state.router.authorize_cluster(&target.cluster, &user.ssh_cert).await {
+                Ok(()) => state.router.dial(&target.cluster, &target.host, target.port, &user.name).await,
+                Err(e) => Err(e),
+            };
+            match routed {
                 Ok(dialed) => {
                     tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding proxy subsystem to node");
                     pipe(&state, channel, dialed.stream).await;

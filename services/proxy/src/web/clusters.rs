@@ -61,7 +61,7 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
 /// `GET /webapi/sites`: this cluster first, then the leaves the user may see.
 pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
     let cert = require_cert(&req)?;
-    let resp = auth_call(state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: cert })).await?;
+    let resp = auth_call(state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: cert, ..Default::default() })).await?;
     let mut leaves = resp.clusters;
     leaves.sort_by(|a, b| a.name.cmp(&b.name));
     let mut sites = vec![json!({"name": state.cluster_name, "status": "online", "type": "root", "labels": {}})];
@@ -84,7 +84,7 @@ pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
 /// are "not found", exactly like names that do not exist.
 pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Addr<LeafActor>, ApiError> {
     let resp = auth_call(
-        state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: user_tls_cert.to_vec() }),
+        state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: user_tls_cert.to_vec(), ..Default::default() }),
     )
     .await?;
     if !resp.clusters.iter().any(|c| c.name == cluster) {
