@@ -38,6 +38,8 @@ pub struct Dialed {
 pub enum RouteError {
     #[error("cluster {0:?} is not found")]
     ClusterNotFound(String),
+    #[error("cannot check access to cluster {cluster:?}: {reason}")]
+    ClusterCheck { cluster: String, reason: String },
     #[error("cluster {0:?} is offline: no reverse tunnel from it is connected to this proxy")]
     ClusterOffline(String),
     #[error("cannot reach {host:?} in cluster {cluster:?}: {reason}")]
@@ -111,7 +113,7 @@ impl Router {
         let visible = match auth_call(auth.list_remote_clusters(req)).await {
             Ok(resp) => resp.clusters.iter().any(|c| c.name == cluster),
             Err(status) => {
-                return Err(RouteError::Resolve { host: cluster.to_string(), reason: status.message().to_string() });
+                return Err(RouteError::ClusterCheck { cluster: cluster.to_string(), reason: status.message().to_string() });
             }
         };
         if visible { Ok(()) } else { Err(RouteError::ClusterNotFound(cluster.to_string())) }

@@ -156,7 +156,8 @@ impl Auth for Served {
         &self,
         r: Request<ListRemoteClustersRequest>,
     ) -> Result<Response<ListRemoteClustersResponse>, Status> {
-        if r.into_inner().user_tls_cert.is_empty() {
+        let r = r.into_inner();
+        if r.user_tls_cert.is_empty() && r.user_ssh_cert.is_empty() {
             return Err(Status::invalid_argument("a proxy must name the user (user_tls_cert)"));
         }
         Ok(Response::new(ListRemoteClustersResponse { clusters: self.remote_clusters.clone() }))

@@ -94,7 +94,10 @@ impl From<RouteError> for ApiError {
             RouteError::ClusterNotFound(_) | RouteError::NodeNotFound { .. } => StatusCode::NOT_FOUND,
             RouteError::ClusterOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::Leaf { reason, .. } => tunnel_status(reason),
-            RouteError::Resolve { .. } | RouteError::Connect { .. } | RouteError::Tunnel { .. } => {
+            RouteError::Resolve { .. }
+            | RouteError::Connect { .. }
+            | RouteError::Tunnel { .. }
+            | RouteError::ClusterCheck { .. } => {
                 StatusCode::BAD_GATEWAY
             }
         };
