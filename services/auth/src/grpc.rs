@@ -264,7 +264,8 @@ impl Auth for AuthService {
     }
 
     async fn authorize_ssh(&self, req: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "AuthorizeSsh")?;
+        // Agents ask on behalf of the root proxy, to explain a refusal (never for themselves).
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "AuthorizeSsh")?;
         let r = req.into_inner();
         let resp = self
             .blocking(move |s| {

@@ -202,3 +202,31 @@ pub async fn answer_nodes(agent: Arc<Agent>, control: mpsc::Sender<AgentFrame>, 
     tracing::debug!(request_id = answer.request_id, nodes = answer.nodes.len(), "answering a node listing");
     let _ = control.send(AgentFrame { msg: Some(AgentMsg::Nodes(answer)) }).await;
 }
+
+/// Answers an `AuthorizeQuery`: the leaf auth's decision (and reason) for a root user's
+/// login, so tsh can say why the leaf refused it. The leaf audits refusals.
+pub async fn answer_authorize(
+    agent: Arc<Agent>,
+    control: mpsc::Sender<AgentFrame>,
+    q: portcullis_proto::tunnel::AuthorizeQuery,
+) {
+    let mut auth = agent.auth.clone();
+    let ask = auth.authorize_ssh(portcullis_proto::auth::AuthorizeSshRequest {
+        ssh_cert: q.ssh_cert,
+        login: q.login,
+        node: q.node,
+        source: "proxy".into(),
+        remote_addr: q.remote_addr,
+    });
+    let mut answer = portcullis_proto::tunnel::AuthorizeAnswer { request_id: q.request_id, ..Default::default() };
+    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
+        Ok(Ok(resp)) => {
+            let r = resp.into_inner();
+            answer.allowed = r.allowed;
+            answer.reason = r.reason;
+        }
+        Ok(Err(status)) => answer.error = status.message().to_string(),
+        Err(_) => answer.error = format!("the leaf auth service did not answer in {CALL_TIMEOUT:?}"),
+    }
+    let _ = control.send(AgentFrame { msg: Some(AgentMsg::Authorized(answer)) }).await;
+}

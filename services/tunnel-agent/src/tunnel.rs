@@ -258,6 +258,9 @@ impl Session {
             ProxyMsg::ListNodes(q) => {
                 requests.spawn(dial::answer_nodes(self.agent.clone(), self.tx.clone(), q));
             }
+            ProxyMsg::Authorize(q) => {
+                requests.spawn(dial::answer_authorize(self.agent.clone(), self.tx.clone(), q));
+            }
             ProxyMsg::Drain(d) => {
                 tracing::info!(
                     "root cluster {} proxy {} at {} is draining ({}): reconnecting elsewhere",

@@ -221,12 +221,14 @@ fn older_guide_static_token_v1_and_deny_labels() {
     let denied = boss.run(&["ssh", &format!("--cluster={LEAF}"), &format!("{mainuser}@db-prod"), "echo", "no"]);
     assert_ne!(denied.code, 0, "production is denied: {denied:?}");
     assert!(!denied.stdout.contains("no"));
+    assert!(denied.stderr.contains("production"), "the leaf's reason reaches the user: {}", denied.stderr);
 
     // A user whose roles map to nothing is refused, and the leaf audits why.
     let pleb = Tsh::new(&p.root_dir, "pleb");
     pleb.login(&p.root.web_addr(), "pleb", PASSWORD, &[]).ok();
     let denied = pleb.run(&["ssh", &format!("--cluster={LEAF}"), &format!("{mainuser}@db-dev"), "true"]);
     assert_ne!(denied.code, 0);
+    assert!(denied.stderr.contains("map to no role"), "{}", denied.stderr);
     let ev = wait_for("mapping refusal in the leaf audit log", Duration::from_secs(10), || {
         p.leaf.audit_events().into_iter().find(|e| e["event"] == "auth" && e["user"] == "pleb")
     });

@@ -117,8 +117,49 @@ struct PendingDial {
 
 struct PendingQuery {
     tunnel_id: u64,
-    reply: oneshot::Sender<Result<Vec<Node>, TunnelError>>,
+    reply: QueryReply,
 }
+
+/// Where the answer to a query goes.
+enum QueryReply {
+    Nodes(oneshot::Sender<Result<Vec<Node>, TunnelError>>),
+    Authorize(oneshot::Sender<Result<(bool, String), TunnelError>>),
+}
+
+impl QueryReply {
+    fn fail(self, e: TunnelError) {
+        match self {
+            QueryReply::Nodes(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            QueryReply::Authorize(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            QueryReply::Nodes(tx) => tx.is_closed(),
+            QueryReply::Authorize(tx) => tx.is_closed(),
+        }
+    }
+}
+
+/// Asks the leaf's auth whether (and why not) a root user may log in to a node.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(bool, String), TunnelError>")]
+pub struct Authorize {
+    pub ssh_cert: String,
+    pub login: String,
+    pub node: String,
+    pub remote_addr: String,
+}
+
+/// The agent answered an authorization question.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AuthorizeAnswered(pub portcullis_proto::tunnel::AuthorizeAnswer);
 
 /// The tunnels of one leaf cluster.
 pub struct LeafActor {
@@ -171,7 +212,7 @@ impl LeafActor {
         let queries: Vec<u64> = self.queries.iter().filter(|(_, q)| q.tunnel_id == tunnel_id).map(|(k, _)| *k).collect();
         for id in queries {
             if let Some(q) = self.queries.remove(&id) {
-                let _ = q.reply.send(Err(closed()));
+                q.reply.fail(closed());
             }
         }
         self.deps.changed.notify_one();
@@ -259,7 +300,7 @@ impl Actor for LeafActor {
             let _ = d.reply.send(Err(TunnelError::Offline(self.cluster.clone())));
         }
         for (_, q) in self.queries.drain() {
-            let _ = q.reply.send(Err(TunnelError::Offline(self.cluster.clone())));
+            q.reply.fail(TunnelError::Offline(self.cluster.clone()));
         }
         self.tunnels.clear();
         self.deps.changed.notify_one();
@@ -367,8 +408,42 @@ impl Handler<ListNodes> for LeafActor {
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let (reply, rx) = oneshot::channel();
-        self.queries.insert(request_id, PendingQuery { tunnel_id, reply });
+        self.queries.insert(request_id, PendingQuery { tunnel_id, reply: QueryReply::Nodes(reply) });
         Box::pin(wait(rx, self.cluster.clone(), self.deps.timings.answer_timeout))
+    }
+}
+
+impl Handler<Authorize> for LeafActor {
+    type Result = ResponseFuture<Result<(bool, String), TunnelError>>;
+    fn handle(&mut self, msg: Authorize, _ctx: &mut Context<Self>) -> Self::Result {
+        let request_id = self.next_id();
+        let frame = ProxyFrame {
+            msg: Some(Msg::Authorize(portcullis_proto::tunnel::AuthorizeQuery {
+                request_id,
+                ssh_cert: msg.ssh_cert,
+                login: msg.login,
+                node: msg.node,
+                remote_addr: msg.remote_addr,
+            })),
+        };
+        let tunnel_id = match self.dispatch(frame) {
+            Ok((t, _)) => t,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.queries.insert(request_id, PendingQuery { tunnel_id, reply: QueryReply::Authorize(reply) });
+        Box::pin(wait(rx, self.cluster.clone(), self.deps.timings.answer_timeout))
+    }
+}
+
+impl Handler<AuthorizeAnswered> for LeafActor {
+    type Result = ();
+    fn handle(&mut self, msg: AuthorizeAnswered, _ctx: &mut Context<Self>) {
+        let a = msg.0;
+        if let Some(PendingQuery { reply: QueryReply::Authorize(tx), .. }) = self.queries.remove(&a.request_id) {
+            let r = if a.error.is_empty() { Ok((a.allowed, a.reason)) } else { Err(TunnelError::Leaf(a.error)) };
+            let _ = tx.send(r);
+        }
     }
 }
 
@@ -376,9 +451,9 @@ impl Handler<NodesAnswered> for LeafActor {
     type Result = ();
     fn handle(&mut self, msg: NodesAnswered, _ctx: &mut Context<Self>) {
         let a = msg.0;
-        if let Some(q) = self.queries.remove(&a.request_id) {
+        if let Some(PendingQuery { reply: QueryReply::Nodes(tx), .. }) = self.queries.remove(&a.request_id) {
             let r = if a.error.is_empty() { Ok(a.nodes) } else { Err(TunnelError::Leaf(a.error)) };
-            let _ = q.reply.send(r);
+            let _ = tx.send(r);
         }
     }
 }

@@ -295,6 +295,10 @@ fn forward_up(actor: &actix::Addr<LeafActor>, tunnel_id: u64, f: AgentFrame) {
             actor.do_send(TunnelHeartbeat { tunnel_id });
             actor.do_send(NodesAnswered(n));
         }
+        Some(AgentMsg::Authorized(a)) => {
+            actor.do_send(TunnelHeartbeat { tunnel_id });
+            actor.do_send(super::actor::AuthorizeAnswered(a));
+        }
         Some(AgentMsg::Hello(_)) | None => {}
     }
 }

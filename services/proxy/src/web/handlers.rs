@@ -202,10 +202,20 @@ async fn authorize(req: HttpRequest, state: State, body: web::Json<AuthorizeRequ
     }
     match state.router.cluster(&body.cluster) {
         Ok(ClusterRoute::Local) => {}
-        // The root cannot see the leaf's decision; the leaf audits it.
-        Ok(ClusterRoute::Leaf(_)) => {
-            let reason = format!("the leaf cluster {} refused the login; its audit log has the reason", body.cluster);
-            return Ok(HttpResponse::Ok().json(json!({ "allowed": false, "reason": reason })));
+        // The leaf decides for its nodes: ask its auth through the tunnel.
+        Ok(ClusterRoute::Leaf(addr)) => {
+            let q = crate::tunnel::actor::Authorize {
+                ssh_cert: body.ssh_cert,
+                login: body.login,
+                node: body.node,
+                remote_addr: peer_addr(&req),
+            };
+            let (allowed, reason) = match addr.send(q).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => (false, format!("the leaf cluster {} refused the login: {e}", body.cluster)),
+                Err(_) => (false, format!("cluster {:?} is offline", body.cluster)),
+            };
+            return Ok(HttpResponse::Ok().json(json!({ "allowed": allowed, "reason": reason })));
         }
         Err(e @ RouteError::ClusterOffline(_)) => {
             return Ok(HttpResponse::Ok().json(json!({ "allowed": false, "reason": e.to_string() })));

@@ -150,7 +150,7 @@ impl Tunnel for Served {
                             }
                             AgentMsg::DialFailed(f) => state.dial_failed.lock().unwrap().push(f),
                             AgentMsg::Nodes(a) => state.answers.lock().unwrap().push(a),
-                            AgentMsg::Hello(_) => {}
+                            AgentMsg::Hello(_) | AgentMsg::Authorized(_) => {}
                         },
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => break,
