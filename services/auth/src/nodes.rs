@@ -11,8 +11,11 @@ use portcullis_types::Node;
 use crate::error::AuthError;
 use crate::state::{AuthState, now};
 
-/// A server missing heartbeats for this long drops out of listings.
+/// A node missing heartbeats for this long drops out of listings.
 pub const SERVER_TTL: Duration = Duration::from_secs(60);
+/// A proxy missing heartbeats (every 5 s) for this long drops out of the proxy set agents
+/// are told about, so agents stop looking for a proxy that is gone.
+pub const PROXY_TTL: Duration = Duration::from_secs(15);
 
 /// Where a proxy's tunnel address is kept on its record.
 const TUNNEL_ADDR_LABEL: &str = "portcullis.dev/tunnel_addr";
@@ -35,7 +38,8 @@ impl AuthState {
         if req.kind == "proxy" {
             node.metadata.labels.insert(TUNNEL_ADDR_LABEL.into(), req.tunnel_addr.clone());
         }
-        node.metadata.expires = Some(now() + time::Duration::try_from(SERVER_TTL).unwrap_or(time::Duration::MINUTE));
+        let ttl = if req.kind == "proxy" { PROXY_TTL } else { SERVER_TTL };
+        node.metadata.expires = Some(now() + time::Duration::try_from(ttl).unwrap_or(time::Duration::MINUTE));
         self.backend.put_json(&key(prefix, &req.host_id), &node)?;
         Ok(())
     }

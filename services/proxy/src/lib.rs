@@ -104,7 +104,8 @@ pub async fn run(
 
     let ssh_config = Arc::new(ssh::config(&id)?);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx.clone()));
+    let drain = settings.drain_timeout;
+    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx.clone(), drain));
 
     let mut tunnel_task = match listeners.tunnel {
         Some(listener) => {
@@ -163,10 +164,12 @@ pub async fn run(
         let _ = tokio::time::timeout(STOP_GRACE, &mut web_task).await;
     }
     if !ssh_task.is_finished() {
-        let _ = tokio::time::timeout(STOP_GRACE, &mut ssh_task).await;
+        // The SSH server lets open sessions finish for up to `drain` itself.
+        let _ = tokio::time::timeout(drain + STOP_GRACE, &mut ssh_task).await;
     }
     if !tunnel_task.is_finished() && tunnel_addr.is_some() {
-        let _ = tokio::time::timeout(STOP_GRACE, &mut tunnel_task).await;
+        // Sessions to leaves ride on Dial streams: give them the same time to finish.
+        let _ = tokio::time::timeout(drain + STOP_GRACE, &mut tunnel_task).await;
     }
     tunnel_task.abort();
     result

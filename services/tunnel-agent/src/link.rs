@@ -22,9 +22,12 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Pause before reconnecting after a proxy asked us to leave (plus jitter of as much).
 const DRAIN_DELAY: Duration = Duration::from_secs(1);
 /// Attempts to reach one announced proxy before pausing for [`PROXY_COOLDOWN`]: behind a
-/// load balancer every attempt may land on a proxy already held.
+/// load balancer every attempt may land on a proxy already held. The pause is short so a
+/// restarted proxy gets its tunnels back within seconds; jitter spreads many agents out.
 const MAX_PROXY_ATTEMPTS: u32 = 8;
-const PROXY_COOLDOWN: Duration = Duration::from_secs(60);
+const PROXY_COOLDOWN: Duration = Duration::from_secs(8);
+/// Longest wait between attempts to reach one particular announced proxy.
+const PROXY_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// Nothing to do: sleep this long (events wake the link earlier).
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -228,7 +231,12 @@ impl Link {
                             p
                         }
                         None => {
-                            KnownProxy { info: info.clone(), attempts: 0, backoff: Backoff::default(), retry_at: now }
+                            KnownProxy {
+                                info: info.clone(),
+                                attempts: 0,
+                                backoff: Backoff::new(crate::backoff::BASE, PROXY_BACKOFF_MAX),
+                                retry_at: now,
+                            }
                         }
                     };
                     fresh.insert(info.id, entry);
@@ -284,7 +292,7 @@ impl Link {
                         PROXY_COOLDOWN.as_secs()
                     );
                     p.attempts = 0;
-                    p.retry_at = now + PROXY_COOLDOWN;
+                    p.retry_at = now + PROXY_COOLDOWN + jitter(PROXY_COOLDOWN);
                 }
             }
         }

@@ -113,6 +113,8 @@ pub struct ProxySection {
     pub tunnel_public_addr: Option<OneOrMany>,
     #[serde(default)]
     pub https_keypairs: Vec<KeyPairPaths>,
+    /// On SIGTERM, how long open sessions may finish before they are cut (e.g. `30s`).
+    pub shutdown_drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -63,6 +63,8 @@ pub struct ProxySettings {
     pub tunnel_public_addr: Option<String>,
     /// (key file, cert file) pairs; empty means self-signed.
     pub https_keypairs: Vec<(PathBuf, PathBuf)>,
+    /// On SIGTERM, how long open sessions may finish before they are cut.
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +279,11 @@ impl ProxySettings {
             ssh_public_addr: first(p.ssh_public_addr).map(|a| with_default_port(&a, ports::PROXY_SSH)),
             tunnel_public_addr: first(p.tunnel_public_addr)
                 .map(|a| with_default_port(&a, ports::PROXY_TUNNEL)),
+            drain_timeout: match &p.shutdown_drain_timeout {
+                Some(v) => humantime::parse_duration(v)
+                    .map_err(|e| ConfigError::invalid("proxy_service.shutdown_drain_timeout", format!("{v:?}: {e}")))?,
+                None => std::time::Duration::from_secs(30),
+            },
             https_keypairs: p
                 .https_keypairs
                 .iter()

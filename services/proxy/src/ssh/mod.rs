@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use portcullis_pki::Identity;
 use russh::keys::Certificate;
-use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Server, Session, VerifiedPublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, SshId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::route::{Conn, RouteError};
 use crate::state::ProxyState;
@@ -54,44 +55,82 @@ pub fn config(id: &Identity) -> Result<Config, ProxyError> {
     })
 }
 
-/// Serves SSH on `listener` until `stop` turns true (or its sender goes away).
+/// Serves SSH on `listener` until `stop` turns true (or its sender goes away). Then it stops
+/// accepting, lets the sessions it is piping finish for up to `drain`, and disconnects the
+/// rest: a rolling restart does not cut users off mid-command.
 pub async fn serve(
     state: Arc<ProxyState>,
     listener: TcpListener,
     config: Arc<Config>,
     mut stop: watch::Receiver<bool>,
+    drain: Duration,
 ) -> Result<(), ProxyError> {
-    let mut server = SshServer { state };
-    let mut running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    let err = |e: std::io::Error| ProxyError::Server { server: "SSH", reason: e.to_string() };
+    let mut conns: JoinSet<()> = JoinSet::new();
+    // Live connections' handles, to disconnect whatever is left after draining.
+    let handles: Arc<std::sync::Mutex<HashMap<u64, russh::server::Handle>>> = Default::default();
+    let mut next_id = 0u64;
     let stopped = async move {
         // The guard `wait_for` returns is not Send: drop it before anything else awaits.
         let _ = stop.wait_for(|s| *s).await.map(|_| ());
     };
-    tokio::select! {
-        r = &mut running => return r.map_err(err),
-        _ = stopped => {}
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!("set_nodelay failed: {e}");
+                    }
+                    let conn = SshConn { state: state.clone(), peer: Some(peer), user: None, sessions: HashMap::new() };
+                    let (config, handles) = (config.clone(), handles.clone());
+                    next_id += 1;
+                    let id = next_id;
+                    conns.spawn(async move {
+                        match russh::server::run_stream(config, tcp, conn).await {
+                            Ok(session) => {
+                                if let Ok(mut h) = handles.lock() {
+                                    h.insert(id, session.handle());
+                                }
+                                if let Err(e) = session.await {
+                                    tracing::debug!(%peer, "SSH connection ended: {e}");
+                                }
+                                if let Ok(mut h) = handles.lock() {
+                                    h.remove(&id);
+                                }
+                            }
+                            Err(e) => tracing::debug!(%peer, "SSH handshake failed: {e}"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!("accepting an SSH connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = &mut stopped => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
     }
-    handle.shutdown("the proxy is shutting down".into());
-    running.await.map_err(err)
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + drain;
+    let active = state.router.active_sessions();
+    if active > 0 {
+        tracing::info!(active, "no longer accepting SSH connections; letting sessions finish for up to {}s", drain.as_secs());
+    }
+    while state.router.active_sessions() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<russh::server::Handle> = handles.lock().map(|h| h.values().cloned().collect()).unwrap_or_default();
+    for h in left {
+        let _ = h
+            .disconnect(russh::Disconnect::ByApplication, "the proxy is shutting down".into(), String::new())
+            .await;
+    }
+    conns.abort_all();
+    Ok(())
 }
 
-struct SshServer {
-    state: Arc<ProxyState>,
-}
-
-impl Server for SshServer {
-    type Handler = SshConn;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> SshConn {
-        SshConn { state: self.state.clone(), peer, user: None, sessions: HashMap::new() }
-    }
-
-    fn handle_session_error(&mut self, error: russh::Error) {
-        tracing::debug!("SSH connection ended: {error}");
-    }
-}
 
 /// The authenticated user of one connection.
 #[derive(Debug, Clone)]

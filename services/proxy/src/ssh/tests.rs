@@ -116,7 +116,7 @@ async fn certificate_users_reach_nodes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(super::serve(state.clone(), listener, config, stop_rx));
+    let server = tokio::spawn(super::serve(state.clone(), listener, config, stop_rx, std::time::Duration::from_secs(1)));
 
     // A plain key is refused.
     let key = Arc::new(generate_key().unwrap());

@@ -128,6 +128,15 @@ impl FakeAgent {
                                 let answer = NodesAnswer { request_id: q.request_id, nodes: b.nodes.clone(), error: String::new() };
                                 let _ = tx.send(AgentFrame { msg: Some(AgentMsg::Nodes(answer)) }).await;
                             }
+                            Some(ProxyMsg::Authorize(q)) => {
+                                let answer = portcullis_proto::tunnel::AuthorizeAnswer {
+                                    request_id: q.request_id,
+                                    allowed: false,
+                                    reason: format!("leaf says no to {} on {}", q.login, q.node),
+                                    error: String::new(),
+                                };
+                                let _ = tx.send(AgentFrame { msg: Some(AgentMsg::Authorized(answer)) }).await;
+                            }
                             Some(ProxyMsg::Drain(d)) => dr2.lock().unwrap().push(d.reason),
                             _ => {}
                         },

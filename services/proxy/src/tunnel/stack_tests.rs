@@ -169,7 +169,7 @@ async fn root_proxy_serves_a_leaf_cluster() {
     let body = json!({"ssh_cert": "x", "login": "root", "node": "node-1", "cluster": LEAF});
     let v: Value = http.post(url("/webapi/ssh/authorize")).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["allowed"], false);
-    assert_eq!(v["reason"], format!("the leaf cluster {LEAF} refused the login; its audit log has the reason"));
+    assert_eq!(v["reason"], "leaf says no to root on node-1", "the leaf's own reason is passed on");
 
     // SSH front door: the proxy subsystem naming the leaf, and direct-tcpip by the
     // certificate's route.
@@ -177,7 +177,7 @@ async fn root_proxy_serves_a_leaf_cluster() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ssh_addr = listener.local_addr().unwrap();
     let (stop_ssh, stop_rx) = tokio::sync::watch::channel(false);
-    let ssh = tokio::spawn(crate::ssh::serve(state.clone(), listener, config, stop_rx));
+    let ssh = tokio::spawn(crate::ssh::serve(state.clone(), listener, config, stop_rx, std::time::Duration::from_secs(1)));
     let key = Arc::new(generate_key().unwrap());
     let user_cert = |route: &str| {
         user_ssh_ca
