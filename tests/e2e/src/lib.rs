@@ -457,3 +457,128 @@ impl Tsh {
         (dir.join(user), dir.join(format!("{user}-cert.pub")))
     }
 }
+
+/// A TCP load balancer for tests: each connection goes to a random backend (as a cloud
+/// load balancer in front of several proxies would). Stops when dropped.
+pub struct TcpBalancer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl TcpBalancer {
+    /// Starts with no backends (connections are closed) until [`TcpBalancer::set_backends`].
+    pub fn start(backends: Vec<u16>) -> TcpBalancer {
+        let backends = std::sync::Arc::new(std::sync::Mutex::new(backends));
+        let shared = backends.clone();
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("balancer bind");
+        let port = listener.local_addr().expect("balancer addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            let mut n: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407 ^ nanos());
+                        let list = shared.lock().map(|b| b.clone()).unwrap_or_default();
+                        if list.is_empty() {
+                            continue;
+                        }
+                        let backend = list[(n >> 33) as usize % list.len()];
+                        std::thread::spawn(move || splice(client, backend));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TcpBalancer { port, stop, backends }
+    }
+
+    pub fn set_backends(&self, ports: Vec<u16>) {
+        if let Ok(mut b) = self.backends.lock() {
+            *b = ports;
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TcpBalancer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0)
+}
+
+/// Copies bytes both ways between a client and a backend port until either side closes.
+fn splice(client: std::net::TcpStream, backend: u16) {
+    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", backend)) else {
+        return; // the backend is down: the client sees the connection close
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else { return };
+    let up = std::thread::spawn(move || {
+        let mut c = client;
+        let mut s = server;
+        let _ = std::io::copy(&mut c, &mut s);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut s2, &mut c2);
+    let _ = c2.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// An extra proxy of a cluster, started from its own config file.
+pub struct ExtraProxy {
+    pub proc: Proc,
+    pub ports: Ports,
+    pub config: PathBuf,
+}
+
+impl Cluster {
+    /// Starts another proxy of this cluster on its own ports; `tunnel_public` is the tunnel
+    /// address it announces to agents (e.g. a load balancer's).
+    pub fn add_proxy(&self, name: &str, tunnel_public: &str) -> ExtraProxy {
+        let token = self.token("proxy");
+        let ports = Ports::pick();
+        let cfg = format!(
+            "version: v3\nteleport:\n  nodename: {name}\n  data_dir: {data}\n  auth_server: 127.0.0.1:{auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n  tunnel_public_addr: {tunnel_public}\n  shutdown_drain_timeout: 2s\n",
+            data = self.dir.join(name).display(),
+            auth = self.ports.auth,
+            web = ports.web,
+            ssh = ports.ssh,
+            tunnel = ports.tunnel,
+        );
+        let config = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, cfg).expect("proxy config");
+        let proc = Self::spawn_proxy_proc(name, &config, &self.dir);
+        wait_port(ports.web);
+        wait_port(ports.tunnel);
+        ExtraProxy { proc, ports, config }
+    }
+
+    fn spawn_proxy_proc(name: &str, config: &Path, dir: &Path) -> Proc {
+        Proc::spawn(
+            name,
+            Command::new(bin("portcullis-proxy")).arg("start").arg("-c").arg(config),
+            dir.join(format!("{name}.log")),
+        )
+    }
+
+    /// Starts a stopped extra proxy again with the same configuration and identity.
+    pub fn restart_proxy(&self, p: &mut ExtraProxy) {
+        p.proc.kill();
+        p.proc = Self::spawn_proxy_proc(&p.proc.name.clone(), &p.config, &self.dir);
+        wait_port(p.ports.web);
+        wait_port(p.ports.tunnel);
+    }
+}
