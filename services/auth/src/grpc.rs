@@ -276,7 +276,13 @@ impl Auth for AuthService {
                 }
             })
             .await?;
-        Ok(Response::new(resp))
+        let refused = !resp.allowed;
+        let mut resp = Response::new(resp);
+        if refused {
+            // Counted as a denied request although the call itself succeeded.
+            resp.extensions_mut().insert(crate::metrics::Refused);
+        }
+        Ok(resp)
     }
 
     async fn emit_audit_event(&self, req: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {

@@ -6,6 +6,7 @@ pub mod access;
 pub mod audit;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod nodes;
 pub mod resources;
 pub mod state;
@@ -41,6 +42,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AuthError> {
+    run_with_diag(settings, listener, None, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/healthz` and `/readyz` on `diag` when given. Ready
+/// once the gRPC server is listening.
+pub async fn run_with_diag(
+    settings: AuthSettings,
+    listener: TcpListener,
+    diag: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AuthError> {
+    let probes = portcullis_diag::Diag::new("opening the auth service's state");
+    // Served from the start, so liveness probes answer while the state opens.
+    let _diag_server = diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
     let data_dir = settings.common.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| AuthError::io(format!("creating data_dir {}", data_dir.display()), e))?;
@@ -72,6 +87,11 @@ pub async fn run(
     let service = AuthServer::new(grpc::AuthService::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let counters = metrics::AuthMetrics::default();
+    counters.register(&probes.metrics, &state);
+    let service = metrics::Counted::new(service, counters);
+    // The listener is bound already: connections queue until the server accepts them.
+    probes.ready.set_ready();
     let result = tonic::transport::Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)

@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the auth service.
-    Start(CommonFlags),
+    Start(Box<CommonFlags>),
     /// Print a commented sample configuration.
     Configure,
     /// Print the version.
@@ -34,7 +34,16 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.listen_addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-            portcullis_auth::run(settings, listener, portcullis_rpc::telemetry::shutdown_signal()).await?;
+            let diag = match settings.common.diag_addr {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("cannot listen for diagnostics on {a}"))?,
+                ),
+                None => None,
+            };
+            portcullis_auth::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal())
+                .await?;
         }
     }
     Ok(())

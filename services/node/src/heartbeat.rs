@@ -42,8 +42,9 @@ pub fn parse_cas(lines: &[String]) -> Vec<PublicKey> {
         .collect()
 }
 
-/// Runs the heartbeat loop forever: the first beat at once, then every [`INTERVAL`].
-pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas) {
+/// Runs the heartbeat loop forever: the first beat at once, then every [`INTERVAL`]. Each
+/// outcome goes to `beats` (readiness and the heartbeat age).
+pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas, beats: portcullis_diag::Heartbeat) {
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let labels: HashMap<String, String> = info.labels.clone().into_iter().collect();
@@ -62,12 +63,19 @@ pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas) 
         match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(req)).await {
             Ok(Ok(resp)) => {
                 tracing::debug!("heartbeat sent");
+                beats.succeeded();
                 if let Some(authorities) = resp.into_inner().cas {
                     update_cas(&cas, &authorities.ssh_user_ca);
                 }
             }
-            Ok(Err(status)) => tracing::warn!("heartbeat to the auth service failed: {}", status.message()),
-            Err(_) => tracing::warn!("heartbeat to the auth service failed: no answer in {CALL_TIMEOUT:?}"),
+            Ok(Err(status)) => {
+                tracing::warn!("heartbeat to the auth service failed: {}", status.message());
+                beats.failed();
+            }
+            Err(_) => {
+                tracing::warn!("heartbeat to the auth service failed: no answer in {CALL_TIMEOUT:?}");
+                beats.failed();
+            }
         }
     }
 }

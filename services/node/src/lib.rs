@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backend;
 pub mod error;
 pub mod heartbeat;
+pub mod metrics;
 mod pty_modes;
 pub mod server;
 pub mod session;
@@ -115,6 +116,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    run_with_diag(settings, listener, None, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/healthz` and `/readyz` on `diag` when given. Ready
+/// after the first successful heartbeat to the auth service.
+pub async fn run_with_diag(
+    settings: NodeSettings,
+    listener: TcpListener,
+    diag: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    // Served from the start, so liveness probes answer while the node joins.
+    let probes = portcullis_diag::Diag::new(metrics::WAITING_FOR_AUTH);
+    let _diag_server = diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
+    let node_metrics = Arc::new(metrics::NodeMetrics::new(probes.ready.clone()));
+    node_metrics.register(&probes.metrics);
     let local = listener.local_addr()?;
     let principals = host_principals(&settings, local);
     let id = portcullis_rpc::join::join_or_load(&settings.common, "node", &principals).await?;
@@ -132,6 +149,7 @@ pub async fn run(
         audit: Auditor::new(backend),
         user_cas: user_cas.clone(),
         cas_refreshed: Default::default(),
+        metrics: node_metrics.clone(),
     });
     let announcement = Announcement {
         host_id: id.name.clone(),
@@ -140,7 +158,7 @@ pub async fn run(
         labels: settings.common.labels.clone(),
         version: VERSION.to_string(),
     };
-    let beat = tokio::spawn(heartbeat::run(auth, announcement, user_cas));
+    let beat = tokio::spawn(heartbeat::run(auth, announcement, user_cas, node_metrics.heartbeat.clone()));
     tracing::info!(node = %nodename, host_id = %id.name, cluster = %id.cluster_name, "SSH service listening on {local}");
     serve_ssh(listener, config, ctx, shutdown).await;
     beat.abort();

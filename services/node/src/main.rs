@@ -60,6 +60,12 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen_addr)
         .await
         .with_context(|| format!("cannot listen for SSH on {}", settings.listen_addr))?;
-    portcullis_node::run(settings, listener, portcullis_rpc::telemetry::shutdown_signal()).await?;
+    let diag = match settings.common.diag_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen for diagnostics on {a}"))?,
+        ),
+        None => None,
+    };
+    portcullis_node::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await?;
     Ok(())
 }

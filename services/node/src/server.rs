@@ -37,6 +37,8 @@ pub struct NodeContext {
     pub user_cas: UserCas,
     /// When the CA set was last fetched on demand, to bound refreshes to one a second.
     pub cas_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Logins and sessions for the diagnostic listener.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl NodeContext {
@@ -129,6 +131,7 @@ impl Connection {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(user = %user.username, login = %user.login, "session refused: {e}");
+                ctx.metrics.session_failed();
                 return fail_channel(session, channel, &e.to_string());
             }
         };
@@ -142,6 +145,7 @@ impl Connection {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(login = %user.login, "cannot start the session: {e}");
+                ctx.metrics.session_failed();
                 return fail_channel(session, channel, &e.to_string());
             }
         };
@@ -169,7 +173,9 @@ impl Connection {
         tracing::info!(user = %user.username, login = %user.login, session_id = %session_id, "session started");
 
         let audit = ctx.audit.clone();
+        let active = ctx.metrics.session_started();
         tokio::spawn(async move {
+            let _active = active;
             let out = writer.make_writer();
             let err = writer.make_writer_ext(Some(1));
             let hangup = async {
@@ -201,48 +207,8 @@ impl Connection {
         Ok(())
     }
 
-    fn input_sender(&self, channel: ChannelId) -> Option<InputSender> {
-        self.channels.get(&channel).and_then(|s| s.input.clone())
-    }
-}
-
-/// Tells the client why its session cannot run (on stderr, as sshd does) and ends it
-/// with exit status 1.
-fn fail_channel(session: &mut Session, channel: ChannelId, reason: &str) -> Result<(), NodeError> {
-    session.extended_data(channel, 1, format!("portcullis: {reason}\r\n").into_bytes())?;
-    session.exit_status_request(channel, 1)?;
-    session.eof(channel)?;
-    session.close(channel)?;
-    Ok(())
-}
-
-fn clamp16(v: u32) -> u16 {
-    u16::try_from(v).unwrap_or(u16::MAX)
-}
-
-fn signal_name(sig: &Sig) -> String {
-    match sig {
-        Sig::ABRT => "ABRT",
-        Sig::ALRM => "ALRM",
-        Sig::FPE => "FPE",
-        Sig::HUP => "HUP",
-        Sig::ILL => "ILL",
-        Sig::INT => "INT",
-        Sig::KILL => "KILL",
-        Sig::PIPE => "PIPE",
-        Sig::QUIT => "QUIT",
-        Sig::SEGV => "SEGV",
-        Sig::TERM => "TERM",
-        Sig::USR1 => "USR1",
-        Sig::Custom(s) => s.as_str(),
-    }
-    .to_string()
-}
-
-impl russh::server::Handler for Connection {
-    type Error = NodeError;
-
-    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
+    /// Checks a login: the certificate against the trusted CAs, then auth's RBAC decision.
+    async fn check_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, NodeError> {
         let key_id = certificate.key_id().to_string();
         let check = || {
             let cas = self.ctx.user_cas.read().unwrap_or_else(PoisonError::into_inner).clone();
@@ -300,6 +266,55 @@ impl russh::server::Handler for Connection {
             port_forwarding: decision.port_forwarding,
         });
         Ok(Auth::Accept)
+    }
+
+    fn input_sender(&self, channel: ChannelId) -> Option<InputSender> {
+        self.channels.get(&channel).and_then(|s| s.input.clone())
+    }
+}
+
+/// Tells the client why its session cannot run (on stderr, as sshd does) and ends it
+/// with exit status 1.
+fn fail_channel(session: &mut Session, channel: ChannelId, reason: &str) -> Result<(), NodeError> {
+    session.extended_data(channel, 1, format!("portcullis: {reason}\r\n").into_bytes())?;
+    session.exit_status_request(channel, 1)?;
+    session.eof(channel)?;
+    session.close(channel)?;
+    Ok(())
+}
+
+fn clamp16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(s) => s.as_str(),
+    }
+    .to_string()
+}
+
+impl russh::server::Handler for Connection {
+    type Error = NodeError;
+
+    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
+        let verdict = self.check_certificate(user, certificate).await;
+        if let Ok(auth) = &verdict {
+            self.ctx.metrics.login(matches!(auth, Auth::Accept));
+        }
+        verdict
     }
 
     async fn channel_open_session(

@@ -107,6 +107,7 @@ async fn start_node(auth: FakeAuth) -> Cluster {
         audit: Auditor::new(backend),
         user_cas: Arc::new(RwLock::new(vec![user_ca.public_key().clone()])),
         cas_refreshed: Default::default(),
+        metrics: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

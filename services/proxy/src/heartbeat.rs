@@ -52,6 +52,12 @@ pub async fn run(state: Arc<ProxyState>, ann: Announcement) {
         if beat {
             last_beat = tokio::time::Instant::now();
             healthy = heartbeat(&state, &ann, healthy).await;
+            // Readiness follows the auth connection (see `metrics::ProxyMetrics::heartbeat`).
+            if healthy {
+                state.metrics.heartbeat.succeeded();
+            } else {
+                state.metrics.heartbeat.failed();
+            }
         }
         report_tunnels(&state).await;
     }
@@ -96,6 +102,7 @@ async fn heartbeat(state: &ProxyState, ann: &Announcement, was_healthy: bool) ->
 /// leaf whose tunnels dropped turns offline without waiting for the old report to age).
 async fn report_tunnels(state: &ProxyState) {
     let tunnels = state.tunnels.tunnel_counts().await;
+    state.metrics.set_tunnels(&tunnels);
     if tunnels.is_empty() {
         return;
     }

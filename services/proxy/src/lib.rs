@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod heartbeat;
+pub mod metrics;
 pub mod route;
 pub mod ssh;
 pub mod state;
@@ -36,6 +37,8 @@ pub struct ProxyListeners {
     pub ssh: tokio::net::TcpListener,
     /// Reverse-tunnel server for leaf agents; `None` serves no leaf clusters.
     pub tunnel: Option<tokio::net::TcpListener>,
+    /// Diagnostic listener (`/metrics`, `/healthz`, `/readyz`); `None` runs none.
+    pub diag: Option<tokio::net::TcpListener>,
 }
 
 /// How long stopping may wait for open connections.
@@ -48,6 +51,9 @@ pub async fn run(
     listeners: ProxyListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    // Served from the start (liveness while joining); ready after the first auth heartbeat.
+    let probes = portcullis_diag::Diag::new(metrics::WAITING_FOR_AUTH);
+    let _diag_server = listeners.diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
     let local = |what: &str, r: std::io::Result<SocketAddr>| {
         r.map_err(|e| ProxyError::io(format!("reading the {what} listener address"), e))
     };
@@ -86,7 +92,8 @@ pub async fn run(
         labels: settings.common.labels.clone(),
     };
     let hub = tunnel::Hub::start(&id.cluster_name, &id.name, &announcement.tunnel_addr, Default::default())?;
-    let state = Arc::new(ProxyState::new(
+    let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(probes.ready.clone()));
+    let state = ProxyState::new(
         id.cluster_name.clone(),
         id.name.clone(),
         settings.common.nodename.clone(),
@@ -95,7 +102,9 @@ pub async fn run(
         verifier.clone(),
         addrs,
         hub.clone(),
-    ));
+    );
+    let state = Arc::new(state.with_metrics(proxy_metrics.clone()));
+    proxy_metrics.register(&probes.metrics, &state);
 
     let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
     let web_server = web::start(state.clone(), listeners.web, tls)?;

@@ -105,7 +105,13 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     let tunnel = tokio::net::TcpListener::bind(settings.tunnel_listen_addr)
         .await
         .with_context(|| format!("cannot listen for reverse tunnels on {}", settings.tunnel_listen_addr))?;
-    let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel) };
+    let diag = match settings.common.diag_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen for diagnostics on {a}"))?,
+        ),
+        None => None,
+    };
+    let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel), diag };
     run(settings, listeners, shutdown_signal()).await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::metrics::{ProxyMetrics, cluster_type};
 use crate::state::auth_call;
 use crate::tunnel::actor::Dial;
 use crate::tunnel::{Hub, LeafActor, TunnelError};
@@ -70,6 +71,7 @@ pub struct Router {
     auth: AuthClient<Channel>,
     hub: Arc<Hub>,
     active: Arc<AtomicUsize>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// Counts one active session while alive.
@@ -84,7 +86,12 @@ impl Drop for SessionGuard {
 
 impl Router {
     pub fn new(cluster_name: String, auth: AuthClient<Channel>, hub: Arc<Hub>) -> Self {
-        Router { cluster_name, auth, hub, active: Arc::new(AtomicUsize::new(0)) }
+        Router { cluster_name, auth, hub, active: Arc::new(AtomicUsize::new(0)), metrics: Default::default() }
+    }
+
+    /// Records sessions and dial times into `metrics` from now on.
+    pub(crate) fn set_metrics(&mut self, metrics: Arc<ProxyMetrics>) {
+        self.metrics = metrics;
     }
 
     /// The route to `cluster`; empty means this proxy's own cluster. A trusted leaf without a
@@ -113,19 +120,32 @@ impl Router {
         let visible = match auth_call(auth.list_remote_clusters(req)).await {
             Ok(resp) => resp.clusters.iter().any(|c| c.name == cluster),
             Err(status) => {
+                self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
                 return Err(RouteError::ClusterCheck { cluster: cluster.to_string(), reason: status.message().to_string() });
             }
         };
-        if visible { Ok(()) } else { Err(RouteError::ClusterNotFound(cluster.to_string())) }
+        if visible {
+            Ok(())
+        } else {
+            // Sessions refused before any dial are failed session attempts too.
+            self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
+            Err(RouteError::ClusterNotFound(cluster.to_string()))
+        }
     }
 
     /// Connects to `host[:port]` in `cluster` on behalf of `user`. Port 0 or 3022 means the
     /// node's own port.
+    /// Every call counts as one session in the metrics, timed when it succeeds.
     pub async fn dial(&self, cluster: &str, host: &str, port: u16, user: &str) -> Result<Dialed, RouteError> {
-        match self.cluster(cluster)? {
-            ClusterRoute::Local => self.dial_local(host, port).await,
-            ClusterRoute::Leaf(addr) => self.dial_leaf(cluster, addr, host, port, user).await,
-        }
+        let started = tokio::time::Instant::now();
+        let dialled = match self.cluster(cluster) {
+            Ok(ClusterRoute::Local) => self.dial_local(host, port).await,
+            Ok(ClusterRoute::Leaf(addr)) => self.dial_leaf(cluster, addr, host, port, user).await,
+            Err(e) => Err(e),
+        };
+        let timed = dialled.as_ref().map(|_| started.elapsed()).map_err(|_| ());
+        self.metrics.session(cluster_type(cluster, &self.cluster_name), timed);
+        dialled
     }
 
     /// Sessions being piped right now (for metrics).

@@ -81,8 +81,10 @@ async fn run_serves_with_a_saved_identity_and_stops() {
     let tunnel = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (web_port, ssh_addr, tunnel_port) =
         (web.local_addr().unwrap().port(), ssh.local_addr().unwrap(), tunnel.local_addr().unwrap().port());
+    let diag = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let diag_url = format!("http://{}", diag.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(run(settings, ProxyListeners { web, ssh, tunnel: Some(tunnel) }, async {
+    let proxy = tokio::spawn(run(settings, ProxyListeners { web, ssh, tunnel: Some(tunnel), diag: Some(diag) }, async {
         let _ = stop_rx.await;
     }));
 
@@ -130,6 +132,24 @@ async fn run_serves_with_a_saved_identity_and_stops() {
     assert!(h.authenticate_openssh_cert("alice", key, cert).await.unwrap().success());
     // Auth is unreachable, so the node cannot be resolved: the channel is refused.
     assert!(h.channel_open_direct_tcpip("node-1", 0, "127.0.0.1", 1).await.is_err());
+
+    // Alive, but not ready: no heartbeat has reached the auth service.
+    let get = |path: &'static str| {
+        let url = format!("{diag_url}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_string()));
+    let (status, body) = get("/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: waiting for the first heartbeat to the auth service\n"));
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("portcullis_proxy_sessions_total{cluster_type=\"local\",outcome=\"error\"} 1\n"), "{text}");
+    assert!(text.contains("portcullis_proxy_active_sessions 0.0\n"), "{text}");
+    assert!(text.contains("# TYPE portcullis_proxy_heartbeat_age_seconds gauge\n"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
 
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), proxy).await.unwrap().unwrap().unwrap();

@@ -12,6 +12,7 @@ use russh::keys::PublicKey;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::metrics::ProxyMetrics;
 use crate::route::Router;
 use crate::tunnel::Hub;
 use crate::web::tls::ReloadableClientVerifier;
@@ -67,6 +68,8 @@ pub struct ProxyState {
     cas: RwLock<TrustedCas>,
     pub client_verifier: Arc<ReloadableClientVerifier>,
     pub addrs: Addrs,
+    /// Metrics and readiness (served only when a diagnostic listener is configured).
+    pub metrics: Arc<ProxyMetrics>,
 }
 
 impl ProxyState {
@@ -93,7 +96,15 @@ impl ProxyState {
             cas: RwLock::new(cas),
             client_verifier,
             addrs,
+            metrics: Default::default(),
         }
+    }
+
+    /// Records into `metrics` (shared with the diagnostic listener) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.router.set_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
     }
 
     /// A client for one call (tonic clients are cheap clones over one channel).

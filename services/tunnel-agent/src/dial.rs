@@ -77,6 +77,7 @@ pub async fn serve(
         }
     };
     tracing::debug!(dial_id = req.dial_id, "dial to {target} connected to {addr}");
+    agent.metrics.dial(true);
     pipe(tcp, out_tx, inbound).await;
     tracing::debug!(dial_id = req.dial_id, "dial to {target} closed");
 }
@@ -112,6 +113,7 @@ async fn refuse(
     reason: String,
 ) {
     tracing::info!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target} failed: {reason}");
+    agent.metrics.dial(false);
     let event = serde_json::json!({
         "event": "tunnel.dial",
         "success": false,

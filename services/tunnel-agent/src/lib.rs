@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod dial;
 pub mod error;
 pub mod link;
+pub mod metrics;
 pub mod tunnel;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,8 @@ pub struct Agent {
     pub auth_addr: String,
     /// Turns true when the agent stops; for work that outlives its tunnel (drained sessions).
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// Tunnels, dials and polls for the diagnostic listener.
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -62,10 +65,25 @@ pub async fn run(
     settings: AgentSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    run_with_diag(settings, None, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/healthz` and `/readyz` on `diag` when given. Ready
+/// after the first successful `ListTrustedClusters` from the leaf auth service.
+pub async fn run_with_diag(
+    settings: AgentSettings,
+    diag: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    // Served from the start, so liveness probes answer while the agent joins.
+    let probes = portcullis_diag::Diag::new(metrics::WAITING_FOR_AUTH);
+    let _diag_server = diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
+    let agent_metrics = Arc::new(metrics::AgentMetrics::new(probes.ready.clone()));
+    agent_metrics.register(&probes.metrics);
     let id = portcullis_rpc::join::join_or_load(&settings.common, "agent", &[]).await?;
     let auth_addr = settings.common.auth_servers.first().ok_or(AgentError::NoAuthServer)?.clone();
     let auth = AuthClient::new(connect_lazy(&auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
-    run_with_identity(id, auth, auth_addr, shutdown).await
+    run_agent(id, auth, auth_addr, agent_metrics, shutdown).await
 }
 
 /// The agent proper, for an identity already at hand (tests skip the join this way).
@@ -75,8 +93,18 @@ pub async fn run_with_identity(
     auth_addr: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    run_agent(identity, auth, auth_addr, Default::default(), shutdown).await
+}
+
+async fn run_agent(
+    identity: Identity,
+    auth: AuthClient<Channel>,
+    auth_addr: String,
+    metrics: Arc<metrics::AgentMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let (stop_tx, stopped) = tokio::sync::watch::channel(false);
-    let agent = Arc::new(Agent { identity, auth, auth_addr, stopped });
+    let agent = Arc::new(Agent { identity, auth, auth_addr, stopped, metrics });
     tracing::info!(
         agent_id = %agent.identity.name,
         cluster = %agent.cluster(),
@@ -108,6 +136,7 @@ async fn follow(agent: &Arc<Agent>, links: &mut HashMap<String, link::LinkHandle
         // On failure the links keep running: an auth restart must not cut the tunnels.
         let reason = match answer {
             Ok(Ok(resp)) => {
+                agent.metrics.heartbeat.succeeded();
                 if failing {
                     tracing::info!("the auth service lists trusted clusters again");
                     failing = false;
@@ -118,6 +147,7 @@ async fn follow(agent: &Arc<Agent>, links: &mut HashMap<String, link::LinkHandle
             Ok(Err(status)) => status.message().to_string(),
             Err(_) => format!("no answer in {CALL_TIMEOUT:?}"),
         };
+        agent.metrics.heartbeat.failed();
         // Warn once per outage; the poll repeats every few seconds.
         if failing {
             tracing::debug!("listing trusted clusters failed again: {reason}");

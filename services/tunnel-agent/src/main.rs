@@ -1,6 +1,7 @@
 //! `portcullis-tunnel-agent`: parses flags and runs the leaf-side reverse-tunnel agent.
 #![forbid(unsafe_code)]
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_config::{AgentSettings, CommonFlags};
 
@@ -33,11 +34,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Configure => print!("{}", portcullis_config::sample::sample("agent")),
         Command::Version => println!("portcullis-tunnel-agent v{}", env!("CARGO_PKG_VERSION")),
         Command::Start(args) => {
-            // The agent only dials out: no listener to bind.
+            // The agent only dials out: its one optional listener is the diagnostic one.
             let settings = AgentSettings::load(&args.common)?;
             portcullis_rpc::telemetry::init_logging(&settings.common.log);
             portcullis_rpc::install_crypto_provider();
-            portcullis_tunnel_agent::run(settings, portcullis_rpc::telemetry::shutdown_signal()).await?;
+            let diag = match settings.common.diag_addr {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("cannot listen for diagnostics on {a}"))?,
+                ),
+                None => None,
+            };
+            portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_rpc::telemetry::shutdown_signal()).await?;
         }
     }
     Ok(())

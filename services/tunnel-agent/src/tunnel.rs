@@ -124,6 +124,7 @@ pub(crate) async fn run(
         return TunnelEnd { proxy_id: Some(proxy_id), up_for: Duration::ZERO, reason: EndReason::Duplicate };
     }
     tracing::info!("connected to root cluster {} proxy {proxy_id} at {addr}", target.name);
+    let _live = agent.metrics.tunnel_up(&target.name);
     let up_since = Instant::now();
     let session = Session { agent, target, addr, proxy_id: proxy_id.clone(), channel, tx, link };
     let reason = session.serve(&mut inbound, &welcome).await;

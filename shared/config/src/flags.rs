@@ -32,4 +32,8 @@ pub struct CommonFlags {
     /// Pin of the cluster CA for the first join (sha256:...).
     #[arg(long = "ca-pin")]
     pub ca_pin: Option<String>,
+    /// Address of the diagnostic listener (/metrics, /healthz, /readyz), host:port
+    /// (diag_service.listen_addr); none runs when neither is set.
+    #[arg(long = "diag-addr")]
+    pub diag_addr: Option<std::net::SocketAddr>,
 }

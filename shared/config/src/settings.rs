@@ -178,9 +178,12 @@ fn common(file: &FileConfig, flags: &CommonFlags, default_dir: &str) -> Result<C
     if let Some(l) = &flags.labels {
         labels.extend(parse_labels(l)?);
     }
-    let diag_addr = match file.diag_service.as_ref().and_then(|d| d.listen_addr.clone()) {
-        Some(a) => Some(parse_addr("diag_service.listen_addr", &a)?),
-        None => None,
+    // `--diag-addr` wins; the file's address counts unless the section says `enabled: false`.
+    let file_diag = file.diag_service.as_ref().filter(|d| d.enabled != Some(false)).and_then(|d| d.listen_addr.clone());
+    let diag_addr = match (flags.diag_addr, file_diag) {
+        (Some(a), _) => Some(a),
+        (None, Some(a)) => Some(parse_addr("diag_service.listen_addr", &a)?),
+        (None, None) => None,
     };
     Ok(Common {
         nodename: flags.nodename.clone().or_else(|| t.nodename.clone()).unwrap_or_else(hostname),
@@ -402,6 +405,23 @@ ssh_service:
         let a = AuthSettings::from_parts(&f, &CommonFlags::default()).unwrap();
         let dbg = format!("{a:?}");
         assert!(!dbg.contains("join-token") && !dbg.contains("the-token"), "{dbg}");
+    }
+
+    #[test]
+    fn diag_addr_from_file_or_flag() {
+        let n = NodeSettings::from_parts(&FileConfig::from_yaml(FULL).unwrap(), &CommonFlags::default()).unwrap();
+        assert_eq!(n.common.diag_addr, None, "no diagnostic listener unless asked for");
+        let f = FileConfig::from_yaml("diag_service:\n  listen_addr: 127.0.0.1:3000\n").unwrap();
+        let n = NodeSettings::from_parts(&f, &CommonFlags::default()).unwrap();
+        assert_eq!(n.common.diag_addr, Some("127.0.0.1:3000".parse().unwrap()));
+        let flags = CommonFlags { diag_addr: Some("127.0.0.1:3001".parse().unwrap()), ..Default::default() };
+        let n = NodeSettings::from_parts(&f, &flags).unwrap();
+        assert_eq!(n.common.diag_addr, Some("127.0.0.1:3001".parse().unwrap()));
+        let off = FileConfig::from_yaml("diag_service:\n  enabled: false\n  listen_addr: 127.0.0.1:3000\n").unwrap();
+        assert_eq!(NodeSettings::from_parts(&off, &CommonFlags::default()).unwrap().common.diag_addr, None);
+        let f = FileConfig::from_yaml("diag_service:\n  listen_addr: nowhere\n").unwrap();
+        let e = NodeSettings::from_parts(&f, &CommonFlags::default()).unwrap_err().to_string();
+        assert!(e.contains("diag_service.listen_addr"), "{e}");
     }
 
     #[test]

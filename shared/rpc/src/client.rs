@@ -111,7 +111,7 @@ fn connector(
         async move {
             let host = uri.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']');
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            let tcp = connect_any(host, port).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, tcp)
@@ -120,6 +120,25 @@ fn connector(
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     }))
+}
+
+/// Connects to one of the addresses `host` resolves to, starting at a random one: a name
+/// with several addresses (one per proxy) then spreads connections like DNS round robin,
+/// and a dead address is skipped.
+async fn connect_any(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::other(format!("{host} has no addresses")));
+    }
+    let start = portcullis_pki::random_bytes::<2>().map(|b| u16::from_le_bytes(b) as usize).unwrap_or(0) % addrs.len();
+    let mut last = None;
+    for i in 0..addrs.len() {
+        match tokio::net::TcpStream::connect(addrs[(start + i) % addrs.len()]).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address answered")))
 }
 
 /// Connects now, so an unreachable or untrusted server is reported at once.

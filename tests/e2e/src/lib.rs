@@ -2,6 +2,9 @@
 //! temporary directory, runs `tctl` and `tsh` against them, and kills everything on drop.
 #![forbid(unsafe_code)]
 
+mod diag;
+pub use diag::*;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -313,6 +316,11 @@ impl Cluster {
 
     /// Starts the proxy with a fresh proxy token.
     pub fn start_proxy(&mut self) {
+        self.start_proxy_with(&[])
+    }
+
+    /// Like [`Cluster::start_proxy`], with extra `start` flags (e.g. `--diag-addr=..`).
+    pub fn start_proxy_with(&mut self, args: &[&str]) {
         let token = self.token("proxy");
         let d = &self.dir;
         let cfg = format!(
@@ -328,8 +336,25 @@ impl Cluster {
         std::fs::write(&path, cfg).expect("proxy config");
         let p = Proc::spawn(
             "proxy",
-            Command::new(bin("portcullis-proxy")).arg("start").arg("-c").arg(&path),
+            Command::new(bin("portcullis-proxy")).arg("start").arg("-c").arg(&path).args(args),
             d.join("proxy.log"),
+        );
+        wait_port(self.ports.web);
+        wait_port(self.ports.ssh);
+        self.proxy = Some(p);
+    }
+
+    /// Stops the proxy and starts it again with its configuration and identity (no join, so
+    /// the auth service may be down), with `args`; it logs to `proxy-restarted.log`.
+    pub fn restart_proxy_with(&mut self, args: &[&str]) {
+        if let Some(mut p) = self.proxy.take() {
+            p.stop();
+        }
+        let log = self.dir.join("proxy-restarted.log");
+        let p = Proc::spawn(
+            "proxy",
+            Command::new(bin("portcullis-proxy")).arg("start").arg("-c").arg(self.dir.join("proxy.yaml")).args(args),
+            log,
         );
         wait_port(self.ports.web);
         wait_port(self.ports.ssh);
@@ -338,6 +363,11 @@ impl Cluster {
 
     /// Starts a node named `name` with labels `k=v,..`; returns its SSH port.
     pub fn start_node(&mut self, name: &str, labels: &str) -> u16 {
+        self.start_node_with(name, labels, &[])
+    }
+
+    /// Like [`Cluster::start_node`], with extra `start` flags (e.g. `--diag-addr=..`).
+    pub fn start_node_with(&mut self, name: &str, labels: &str, args: &[&str]) -> u16 {
         let token = self.token("node");
         let port = free_port();
         let p = Proc::spawn(
@@ -351,7 +381,8 @@ impl Cluster {
                 .arg(format!("--nodename={name}"))
                 .arg(format!("--labels={labels}"))
                 .arg("-c")
-                .arg(self.node_config(name, port)),
+                .arg(self.node_config(name, port))
+                .args(args),
             self.dir.join(format!("{name}.log")),
         );
         wait_port(port);
@@ -368,6 +399,11 @@ impl Cluster {
 
     /// Starts this (leaf) cluster's tunnel agent, joined with a proxy token.
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[])
+    }
+
+    /// Like [`Cluster::start_agent`], with extra `start` flags (e.g. `--diag-addr=..`).
+    pub fn start_agent_with(&mut self, args: &[&str]) {
         let token = self.token("proxy");
         let p = Proc::spawn(
             "agent",
@@ -377,7 +413,8 @@ impl Cluster {
                 .arg(format!("--auth-server=127.0.0.1:{}", self.ports.auth))
                 .arg("--data-dir")
                 .arg(self.dir.join("agent"))
-                .arg(format!("--nodename={}-agent", self.name)),
+                .arg(format!("--nodename={}-agent", self.name))
+                .args(args),
             self.dir.join("agent.log"),
         );
         self.agent = Some(p);
@@ -582,3 +619,4 @@ impl Cluster {
         wait_port(p.ports.tunnel);
     }
 }
+

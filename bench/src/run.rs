@@ -1,0 +1,323 @@
+//! The benchmark proper: start the root and the real leaf, measure with one leaf, add the
+//! simulated leaves in batches, measure again, then restart the proxy twice and time the
+//! reconnection.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use portcullis_proto::auth::TrustedClusterTarget;
+
+use crate::cluster::{Bins, RealLeaf, Root, Tsh};
+use crate::measure::{self, Latency};
+use crate::procs::{unix_login, wait_for};
+use crate::report::{Report, Restart, Snapshot};
+use crate::sim::{self, Agents};
+use crate::{BenchError, Options};
+
+pub const ROOT_NAME: &str = "root.bench";
+pub const REAL_LEAF: &str = "real-leaf";
+const NODE_NAME: &str = "leafnode";
+const SIM_PREFIX: &str = "sim";
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-user-password";
+/// Untimed `tsh ssh` runs before each latency series.
+const WARM_UP_RUNS: usize = 3;
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("[tunnel-scale] {}", msg.as_ref());
+}
+
+/// Runs the whole benchmark with its files in `work`; every process it starts is gone
+/// when it returns (or unwinds).
+pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
+    if opts.leaves < 2 {
+        return Err(BenchError::Other("--leaves must be at least 2 (the real leaf plus one simulated)".into()));
+    }
+    let bins = Bins::find(&opts.bin_dir)?;
+    let mut report = Report::new(opts);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io("starting the tokio runtime", e))?;
+
+    say(format!("starting the root cluster {ROOT_NAME} (auth, proxy) in {}", work.display()));
+    let mut root = Root::start(&bins, &work.join("root"), ROOT_NAME, &opts.offline_after)?;
+    say("starting the real leaf (auth --insecure, node, tunnel agent)");
+    let leaf = RealLeaf::start(&bins, &work.join(REAL_LEAF), REAL_LEAF, NODE_NAME)?;
+    let login = unix_login("pcl-bench");
+    root.auth.tctl(&["users", "add", USER, "--roles=access", &format!("--logins={login}")])?;
+    root.auth.tctl_in(&["users", "set-password", USER], Some(&format!("{PASSWORD}\n")))?;
+    // One dynamic invite token serves the real leaf and every simulated one.
+    let token = root.auth.token("trusted_cluster", "30m")?;
+    leaf.trust_root(&root, &login, &token)?;
+    wait_online(&root, 1, None, Duration::from_secs(90), "the real leaf to come online")?;
+    say("the real leaf is online");
+
+    let tsh = Tsh::new(&bins, work)?;
+    tsh.login(&root.web_addr(), USER, PASSWORD)?;
+    let target = format!("{login}@{NODE_NAME}");
+    report.lat_1 = latency(&tsh, &target, opts.latency_runs)?;
+    say(format!("tsh ssh latency with 1 leaf: median {:.1} ms", report.lat_1.median()));
+    std::thread::sleep(opts.idle());
+    report.one = snapshot(&root, opts)?;
+    say(format!("1 leaf: proxy RSS {} KiB, idle CPU {:.2} %", report.one.rss_kb, report.one.cpu.percent));
+
+    let sims = opts.leaves - 1;
+    say(format!("making {sims} simulated leaves (CAs and agent certificates)"));
+    let t = Instant::now();
+    let leaves = sim::make_leaves(SIM_PREFIX, sims)?;
+    report.keygen = t.elapsed();
+    let t = Instant::now();
+    let root_cas = rt.block_on(sim::establish_trust(&leaves, &root.web_addr(), &token, opts.trust_parallel))?;
+    report.trust = t.elapsed();
+    say(format!("the root trusts {sims} simulated leaves ({:.1} s)", report.trust.as_secs_f64()));
+    if root_cas.cluster_name != ROOT_NAME {
+        return Err(BenchError::Other(format!("the root answered as {:?}, not {ROOT_NAME:?}", root_cas.cluster_name)));
+    }
+    let target_root = TrustedClusterTarget {
+        name: root_cas.cluster_name.clone(),
+        enabled: true,
+        tunnel_addr: root.tunnel_addr(),
+        root_tls_ca_pem: root_cas.tls_ca_pems.clone(),
+    };
+    let leaf_cas: Vec<String> = leaves.iter().map(|l| l.tls_ca_pem.clone()).collect();
+    let fake = rt.block_on(crate::fake_auth::start(target_root, &leaf_cas))?;
+    let fake_addr = fake.addr.to_string();
+    let bench_rss_before = measure::rss_kb(std::process::id())?;
+
+    // The agents run on the runtime's worker threads; this thread only orchestrates.
+    let mut agents = Agents::default();
+    let t = Instant::now();
+    for (i, batch) in leaves.chunks(opts.batch.max(1)).enumerate() {
+        {
+            let _guard = rt.enter();
+            for l in batch {
+                agents.spawn(l, &fake_addr, &fake.ca_pem)?;
+            }
+        }
+        say(format!("started {} simulated agents", agents.len()));
+        if (i + 1) * opts.batch.max(1) < leaves.len() {
+            std::thread::sleep(Duration::from_millis(opts.batch_pause_ms));
+        }
+    }
+    let result = measure_many(opts, &mut root, &tsh, &target, &mut report, t);
+    if opts.hold_secs > 0 {
+        say(format!(
+            "holding for {} s: TSH_HOME={} {} ssh --cluster={REAL_LEAF} {target} true; {} -c {} get rc",
+            opts.hold_secs,
+            tsh.home.display(),
+            bins.tsh.display(),
+            bins.tctl.display(),
+            root.auth.dir.join("auth.yaml").display()
+        ));
+        std::thread::sleep(Duration::from_secs(opts.hold_secs));
+    }
+    report.bench_rss_per_agent_kb =
+        measure::rss_kb(std::process::id()).ok().map(|r| r.saturating_sub(bench_rss_before) as f64 / sims as f64);
+    report.agents_ended = agents.finished();
+    report.proxy_logs = (1..=root.starts()).map(|i| (i, measure::read_proxy_log(&root.proxy_log_n(i)))).collect();
+
+    say("stopping the simulated agents");
+    rt.block_on(async {
+        agents.stop(Duration::from_secs(5)).await;
+        fake.stop().await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    // Stop the proxy before its auth, so it does not log auth errors on the way out.
+    if let Some(p) = root.proxy.as_mut() {
+        p.terminate(Duration::from_secs(10));
+    }
+    drop(leaf);
+    drop(root);
+    result.map(|()| report)
+}
+
+/// Everything measured with all leaves connected; errors stop the run but keep what was
+/// measured so far in `report`.
+fn measure_many(
+    opts: &Options,
+    root: &mut Root,
+    tsh: &Tsh,
+    target: &str,
+    report: &mut Report,
+    ramp_start: Instant,
+) -> Result<(), BenchError> {
+    let n = opts.leaves;
+    wait_online(root, n, None, opts.connect_timeout(), &format!("all {n} leaves to come online"))?;
+    report.ramp = Some(ramp_start.elapsed());
+    say(format!("all {n} leaves online after {:.1} s", ramp_start.elapsed().as_secs_f64()));
+    std::thread::sleep(opts.idle());
+    report.many = snapshot(root, opts)?;
+    say(format!(
+        "{n} leaves: proxy RSS {} KiB, idle CPU {:.2} %, {:.1} KiB per tunnel",
+        report.many.rss_kb,
+        report.many.cpu.percent,
+        report.per_tunnel_kib()
+    ));
+    // A fresh login, as a user arriving now would: the profile then holds every leaf's host CA.
+    tsh.login(&root.web_addr(), USER, PASSWORD)?;
+    report.lat_n = latency(tsh, target, opts.latency_runs)?;
+    say(format!("tsh ssh latency with {n} leaves: median {:.1} ms", report.lat_n.median()));
+    if opts.no_restart {
+        return Ok(());
+    }
+    for signal in ["SIGTERM", "SIGKILL"] {
+        let r = restart(root, opts, signal)?;
+        say(format!(
+            "after {signal}: all {n} online in {} (proxy log: all up in {})",
+            fmt_opt(r.all_online),
+            fmt_opt(r.proxy_all_up)
+        ));
+        report.restarts.push(r);
+    }
+    Ok(())
+}
+
+fn fmt_opt(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never (timed out)".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+}
+
+/// Memory, descriptors, threads and idle CPU of the proxy now (and, over the same
+/// window, the CPU of the root auth and of this process, which runs the simulated agents).
+fn snapshot(root: &Root, opts: &Options) -> Result<Snapshot, BenchError> {
+    let pid = root.proxy_pid()?;
+    let auth_pid = root.auth.proc.pid().ok_or_else(|| BenchError::Other("the root auth is not running".into()))?;
+    let rss_kb = measure::rss_kb(pid)?;
+    let fds = measure::open_fds(pid)?;
+    let threads = measure::threads(pid)?;
+    let cpu = measure::cpu_over(&[pid, auth_pid, std::process::id()], Duration::from_secs(opts.cpu_secs))?;
+    let rss_after_cpu_kb = measure::rss_kb(pid)?;
+    Ok(Snapshot {
+        rss_kb,
+        rss_after_cpu_kb,
+        fds,
+        threads,
+        cpu: cpu[0],
+        auth_cpu: cpu[1],
+        bench_cpu: cpu[2],
+        load: measure::loadavg(),
+    })
+}
+
+/// Waits until at least `n` remote clusters are online in `tctl get rc` (with a
+/// `last_heartbeat` after `since`, when given); returns the count seen last.
+fn wait_online(
+    root: &Root,
+    n: usize,
+    since: Option<time::OffsetDateTime>,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), BenchError> {
+    let mut last_err = None;
+    let r = wait_for(what, timeout, || match root.auth.remote_clusters() {
+        Ok(rcs) => (count_online(&rcs, since) >= n).then_some(()),
+        Err(e) => {
+            last_err = Some(e);
+            None
+        }
+    });
+    match (r, last_err) {
+        (Err(BenchError::Timeout { .. }), Some(e)) => Err(e),
+        (r, _) => r,
+    }
+}
+
+fn count_online(rcs: &[crate::cluster::RcStatus], since: Option<time::OffsetDateTime>) -> usize {
+    rcs.iter().filter(|r| r.online && since.is_none_or(|s| r.last_heartbeat.is_some_and(|h| h > s))).count()
+}
+
+/// `runs` timed `tsh ssh --cluster=real-leaf <target> true`, after warm-up runs that also
+/// wait for the leaf node to trust the root's users.
+fn latency(tsh: &Tsh, target: &str, runs: usize) -> Result<Latency, BenchError> {
+    let cluster = format!("--cluster={REAL_LEAF}");
+    let args = ["ssh", cluster.as_str(), target, "true"];
+    let mut last = String::new();
+    wait_for("a first successful tsh ssh to the real leaf's node", Duration::from_secs(90), || {
+        match tsh.run(&args, None) {
+            Ok(r) if r.code == 0 => Some(()),
+            Ok(r) => {
+                last = r.stderr;
+                None
+            }
+            Err(e) => {
+                last = e.to_string();
+                None
+            }
+        }
+    })
+    .map_err(|e| BenchError::Other(format!("{e}; last tsh error: {}", last.trim())))?;
+    // A few more untimed runs: caches (page cache, the proxy's and node's) settle first.
+    for _ in 0..WARM_UP_RUNS {
+        tsh.run(&args, None)?;
+    }
+    let mut lat = Latency::default();
+    let mut failures = Vec::new();
+    for _ in 0..runs {
+        let r = tsh.run(&args, None)?;
+        if r.code == 0 {
+            lat.push(r.elapsed);
+        } else {
+            failures.push(r.stderr.trim().to_string());
+        }
+    }
+    if failures.len() * 2 > runs {
+        return Err(BenchError::Other(format!(
+            "{} of {runs} tsh ssh runs failed; first error: {}",
+            failures.len(),
+            failures.first().cloned().unwrap_or_default()
+        )));
+    }
+    lat.failures = failures.len();
+    lat.load = measure::loadavg();
+    Ok(lat)
+}
+
+/// Stops the proxy with `signal`, starts it again with the same config, and times how
+/// long until every leaf is back: in the proxy's log, and as `online` in `tctl get rc`
+/// with a heartbeat the new proxy reported.
+fn restart(root: &mut Root, opts: &Options, signal: &'static str) -> Result<Restart, BenchError> {
+    let n = opts.leaves;
+    say(format!("restarting the root proxy with {signal}"));
+    let t = Instant::now();
+    if let Some(p) = root.proxy.as_mut() {
+        if signal == "SIGKILL" { p.kill() } else { p.terminate(Duration::from_secs(60)) }
+    }
+    let stop_time = t.elapsed();
+    let stopped_at = time::OffsetDateTime::now_utc();
+    let start = Instant::now();
+    root.start_proxy()?;
+    let ports_open = start.elapsed();
+    let log = root.proxy_log();
+    let (mut proxy_all_up, mut all_online) = (None, None);
+    let mut online_seen = 0;
+    let deadline = start + opts.connect_timeout();
+    while Instant::now() < deadline && (proxy_all_up.is_none() || all_online.is_none()) {
+        if proxy_all_up.is_none() && measure::read_proxy_log(&log).leaves_up >= n {
+            proxy_all_up = Some(start.elapsed());
+        }
+        if all_online.is_none() {
+            match root.auth.remote_clusters() {
+                Ok(rcs) => {
+                    online_seen = count_online(&rcs, Some(stopped_at));
+                    if online_seen >= n {
+                        all_online = Some(start.elapsed());
+                    }
+                }
+                Err(e) => tracing::warn!("tctl get rc failed while waiting for the leaves: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(opts.idle());
+    let pid = root.proxy_pid()?;
+    Ok(Restart {
+        signal,
+        stop_time,
+        ports_open,
+        proxy_all_up,
+        all_online,
+        online_seen,
+        rss_after_kb: measure::rss_kb(pid).ok(),
+        peak_rss_kb: measure::status_kb(pid, "VmHWM").ok(),
+    })
+}

@@ -1,0 +1,346 @@
+//! Issue 6, end to end: the docker-compose two-cluster lab. Builds the image offline, starts
+//! the lab under a project name of its own, reaches both leaf nodes with `tsh ssh` from the
+//! client container, shows that no root container can connect to any leaf address, stops a
+//! root proxy and shows new sessions still work, and tears everything down.
+//!
+//! Runs whenever a Docker engine answers `docker info`; with `CI=true` it is required (it
+//! fails instead of skipping when Docker or Compose is missing).
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::bin_dir;
+
+const LEAF: &str = "leaf.lab.portcullis.local";
+const PASSWORD: &str = "compose-e2e-password";
+const ROOT_SERVICES: [&str; 4] = ["root-auth", "root-proxy-1", "root-proxy-2", "client"];
+const LEAF_SERVICES: [&str; 5] = ["leaf-auth", "leaf-proxy", "tunnel-agent", "leaf-node-1", "leaf-node-2"];
+/// Every port a Portcullis service listens on in the lab (diag, node, proxy SSH, tunnel,
+/// auth, web); the ports the leaf containers really listen on are added to these.
+const KNOWN_PORTS: [u16; 6] = [3000, 3022, 3023, 3024, 3025, 3080];
+
+/// The result of a finished command.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(self, what: &str) -> Out {
+        assert_eq!(self.code, 0, "{what} failed (exit {}):\nstdout: {}\nstderr: {}", self.code, self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout` (exit code -1 then).
+fn run(cmd: &mut Command, timeout: Duration) -> Out {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Out { code: -1, stdout: String::new(), stderr: format!("cannot run {cmd:?}: {e}") },
+    };
+    // Read both pipes on their own threads so a chatty command cannot fill a pipe and stall.
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out_t = child.stdout.take().map(|s| reader(Box::new(s)));
+    let err_t = child.stderr.take().map(|s| reader(Box::new(s)));
+    let start = Instant::now();
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code().unwrap_or(-1),
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break -1,
+        }
+    };
+    let stdout = out_t.and_then(|t| t.join().ok()).unwrap_or_default();
+    let mut stderr = err_t.and_then(|t| t.join().ok()).unwrap_or_default();
+    if code == -1 && start.elapsed() > timeout {
+        stderr.push_str(&format!("\n(killed after {timeout:?})"));
+    }
+    Out { code, stdout, stderr }
+}
+
+fn docker(args: &[&str]) -> Out {
+    run(Command::new("docker").args(args), Duration::from_secs(120))
+}
+
+/// `docker compose` (v2 plugin) or `docker-compose` (v1), whichever is installed.
+fn compose_command() -> Option<Vec<String>> {
+    let v2 = run(Command::new("docker").args(["compose", "version"]), Duration::from_secs(30));
+    if v2.code == 0 {
+        return Some(vec!["docker".into(), "compose".into()]);
+    }
+    let v1 = run(Command::new("docker-compose").arg("version"), Duration::from_secs(30));
+    (v1.code == 0).then(|| vec!["docker-compose".into()])
+}
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.join("../..").canonicalize().expect("workspace root")
+}
+
+fn unique_project() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("portcullis-e2e-{:08x}", (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32)
+}
+
+/// A running compose project; `down -v --remove-orphans` when dropped (also on panic), after
+/// printing the services' logs if the test failed.
+struct Lab {
+    compose: Vec<String>,
+    project: String,
+    root: PathBuf,
+    torn_down: bool,
+}
+
+impl Lab {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.compose[0]);
+        c.args(&self.compose[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(self.root.join("docker-compose.yml"))
+            .args(args)
+            .current_dir(&self.root)
+            .env("PORTCULLIS_TRACING", "false")
+            .env("LAB_PASSWORD", PASSWORD)
+            .env_remove("COMPOSE_PROFILES")
+            .env_remove("PORTCULLIS_IMAGE");
+        c
+    }
+
+    fn compose(&self, args: &[&str], timeout: Duration) -> Out {
+        run(&mut self.cmd(args), timeout)
+    }
+
+    /// The id of the (only) container of `service`, running or not.
+    fn container(&self, service: &str) -> String {
+        let out = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ])
+        .ok("docker ps");
+        let ids: Vec<&str> = out.stdout.split_whitespace().collect();
+        assert_eq!(ids.len(), 1, "expected one container of {service}, found {ids:?}");
+        ids[0].to_string()
+    }
+
+    fn inspect(&self, service: &str, format: &str) -> String {
+        let id = self.container(service);
+        docker(&["inspect", "-f", format, &id]).ok("docker inspect").stdout.trim().to_string()
+    }
+
+    /// Runs a shell script in the client container, the way a user would.
+    fn client(&self, script: &str) -> Out {
+        self.compose(&["exec", "-T", "client", "bash", "-c", script], Duration::from_secs(90))
+    }
+
+    /// Tries a TCP connection from `service`'s container to every target at once (3 s each);
+    /// returns the targets that accepted.
+    fn probe(&self, service: &str, targets: &[String]) -> BTreeSet<String> {
+        let list = targets.join(" ");
+        let script = format!(
+            "n=0; for t in {list}; do n=$((n+1)); (timeout 3 bash -c \"exec 3<>/dev/tcp/${{t%:*}}/${{t##*:}}\" 2>/dev/null && echo \"OPEN $t\") & done; wait; echo \"PROBED $n\""
+        );
+        let id = self.container(service);
+        let out = run(Command::new("docker").args(["exec", &id, "bash", "-c", &script]), Duration::from_secs(60))
+            .ok(&format!("probe from {service}"));
+        assert!(
+            out.stdout.contains(&format!("PROBED {}", targets.len())),
+            "the probe in {service} did not run through: {out:?}"
+        );
+        out.stdout.lines().filter_map(|l| l.strip_prefix("OPEN ")).map(str::to_string).collect()
+    }
+
+    fn down(&mut self) -> Out {
+        self.torn_down = true;
+        self.compose(&["down", "-v", "--remove-orphans", "-t", "5"], Duration::from_secs(180))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        if std::thread::panicking() {
+            let logs = self.compose(&["logs", "--no-color", "--tail=60"], Duration::from_secs(60));
+            eprintln!("---- compose logs of {} ----\n{}{}", self.project, logs.stdout, logs.stderr);
+        }
+        let out = self.down();
+        if out.code != 0 {
+            eprintln!("compose down of {} failed: {out:?}", self.project);
+        }
+    }
+}
+
+/// Prints a phase's duration, for the test's log.
+fn phase(name: &str, since: Instant) {
+    eprintln!("[compose e2e] {name}: {:.1}s", since.elapsed().as_secs_f64());
+}
+
+fn ssh_hostname(lab: &Lab, node: &str) -> Out {
+    lab.client(&format!("tsh ssh --cluster={LEAF} visitor@{node} hostname"))
+}
+
+#[test]
+fn compose_lab_end_to_end() {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true");
+    let skip = |why: &str| {
+        assert!(!required, "CI=true requires the Docker test, but {why}");
+        eprintln!("SKIPPED compose_lab_end_to_end: {why}");
+    };
+    if run(Command::new("docker").arg("info"), Duration::from_secs(30)).code != 0 {
+        return skip("no Docker engine is reachable (docker info failed)");
+    }
+    let Some(compose) = compose_command() else {
+        return skip("neither `docker compose` nor `docker-compose` is installed");
+    };
+    let root = workspace_root();
+    let total = Instant::now();
+
+    // The image, from the binaries this test run was built with.
+    let t = Instant::now();
+    let bins = bin_dir();
+    run(
+        Command::new("bash")
+            .arg(root.join("scripts/docker-build.sh"))
+            .arg("--bin-dir")
+            .arg(&bins)
+            .current_dir(&root),
+        Duration::from_secs(420),
+    )
+    .ok("scripts/docker-build.sh");
+    phase("image built", t);
+
+    let mut lab = Lab { compose, project: unique_project(), root, torn_down: false };
+    eprintln!("[compose e2e] project {}", lab.project);
+    let t = Instant::now();
+    lab.compose(&["up", "-d"], Duration::from_secs(300)).ok("compose up -d");
+    let bootstrap = lab.container("bootstrap");
+    let state = portcullis_e2e::wait_for("the bootstrap service to finish", Duration::from_secs(240), || {
+        std::thread::sleep(Duration::from_millis(400));
+        let s = docker(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", &bootstrap]).stdout;
+        s.trim().starts_with("exited").then(|| s.trim().to_string())
+    });
+    let logs = lab.compose(&["logs", "--no-color", "bootstrap"], Duration::from_secs(60)).stdout;
+    assert_eq!(state, "exited 0", "bootstrap failed:\n{logs}");
+    assert!(logs.contains("lab is ready") && logs.contains("exec client tsh"), "bootstrap printed no next steps:\n{logs}");
+    phase("lab up and trust established", t);
+
+    // A root user reaches both leaf nodes through the reverse tunnel.
+    let t = Instant::now();
+    lab.client(&format!("echo {PASSWORD} | tsh login --insecure")).ok("tsh login");
+    let ls = lab.client(&format!("tsh ls --cluster={LEAF}")).ok("tsh ls");
+    assert!(
+        ls.stdout.lines().any(|l| l.contains("leaf-node-2") && l.contains("environment=production")),
+        "leaf-node-2 is not labelled environment=production:\n{}",
+        ls.stdout
+    );
+    for node in ["leaf-node-1", "leaf-node-2"] {
+        let expected = lab.inspect(node, "{{.Config.Hostname}}");
+        let out = ssh_hostname(&lab, node).ok(&format!("tsh ssh to {node}"));
+        assert_eq!(out.stdout.trim(), expected, "tsh ssh --cluster={LEAF} visitor@{node} hostname");
+    }
+    phase("tsh ssh to both leaf nodes", t);
+
+    // No root container can open a connection to any address of any leaf container.
+    let t = Instant::now();
+    let mut ports: BTreeSet<u16> = KNOWN_PORTS.into_iter().collect();
+    let mut leaf_ips = BTreeSet::new();
+    for s in LEAF_SERVICES {
+        let ips = lab.inspect(s, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}");
+        leaf_ips.extend(ips.split_whitespace().map(str::to_string));
+        let listening = run(
+            Command::new("docker").args(["exec", &lab.container(s), "ss", "-ltnH"]),
+            Duration::from_secs(30),
+        )
+        .ok(&format!("ss in {s}"));
+        // Loopback listeners (diagnostics, Docker's DNS) are out of reach by construction.
+        ports.extend(listening.stdout.lines().filter_map(|l| {
+            let (addr, port) = l.split_whitespace().nth(3)?.rsplit_once(':')?;
+            (!addr.starts_with("127.")).then(|| port.parse::<u16>().ok()).flatten()
+        }));
+    }
+    assert!(leaf_ips.len() >= LEAF_SERVICES.len(), "leaf addresses: {leaf_ips:?}");
+    let targets: Vec<String> = leaf_ips.iter().flat_map(|ip| ports.iter().map(move |p| format!("{ip}:{p}"))).collect();
+    for s in ROOT_SERVICES {
+        let open = lab.probe(s, &targets);
+        assert!(open.is_empty(), "{s} (root side) can connect to leaf addresses: {open:?}");
+    }
+    // The probe does see open ports: root containers reach the root, and the leaf dials out.
+    let open = lab.probe("client", &["root-proxy:3080".into(), "root-auth:3025".into()]);
+    assert_eq!(open.len(), 2, "the client cannot reach the root proxies and auth: {open:?}");
+    let open = lab.probe("tunnel-agent", &["root-proxy:3024".into()]);
+    assert_eq!(open.len(), 1, "the tunnel agent cannot reach the root proxies' tunnel port");
+    eprintln!("[compose e2e] {} leaf addresses x {} ports closed from {} root containers", leaf_ips.len(), ports.len(), ROOT_SERVICES.len());
+    phase("isolation checked", t);
+
+    // Both root proxies hold a tunnel from the leaf; stop one: new sessions still work.
+    let t = Instant::now();
+    for p in ["root-proxy-1", "root-proxy-2"] {
+        let id = lab.container(p);
+        portcullis_e2e::wait_for(&format!("a leaf tunnel on {p}"), Duration::from_secs(60), || {
+            let m = docker(&["exec", &id, "curl", "-fsS", "http://127.0.0.1:3000/metrics"]).stdout;
+            m.lines()
+                .filter(|l| l.starts_with("portcullis_proxy_tunnels{") && l.contains(LEAF))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .any(|v| v >= 1.0)
+                .then_some(())
+        });
+    }
+    lab.compose(&["stop", "root-proxy-1"], Duration::from_secs(60)).ok("compose stop root-proxy-1");
+    assert!(lab.inspect("root-proxy-1", "{{.State.Status}}").starts_with("exited"), "root-proxy-1 still runs");
+    for (i, node) in ["leaf-node-1", "leaf-node-2", "leaf-node-1", "leaf-node-2", "leaf-node-1"].iter().enumerate() {
+        let out = ssh_hostname(&lab, node);
+        assert_eq!(out.code, 0, "session {i} to {node} after root-proxy-1 stopped: {out:?}");
+        assert_eq!(out.stdout.trim(), *node);
+    }
+    // A fresh login goes through the remaining proxy too.
+    let fresh = lab
+        .client(&format!(
+            "export TSH_HOME=/tmp/after-stop; echo {PASSWORD} | tsh login --insecure >/dev/null && tsh ssh --cluster={LEAF} visitor@leaf-node-2 hostname"
+        ))
+        .ok("login and session after root-proxy-1 stopped");
+    assert_eq!(fresh.stdout.trim(), "leaf-node-2");
+    phase("sessions with root-proxy-1 stopped", t);
+
+    // Everything goes: containers, networks, volumes.
+    let t = Instant::now();
+    let project = lab.project.clone();
+    lab.down().ok("compose down -v --remove-orphans");
+    let label = format!("label=com.docker.compose.project={project}");
+    let name = format!("name={project}_");
+    for (what, args) in [
+        ("containers", vec!["ps", "-aq", "--filter", &label]),
+        ("networks", vec!["network", "ls", "-q", "--filter", &label]),
+        ("networks", vec!["network", "ls", "-q", "--filter", &name]),
+        ("volumes", vec!["volume", "ls", "-q", "--filter", &label]),
+        ("volumes", vec!["volume", "ls", "-q", "--filter", &name]),
+    ] {
+        let out = docker(&args).ok(&format!("docker {}", args.join(" ")));
+        assert!(out.stdout.trim().is_empty(), "{what} of {project} left behind: {}", out.stdout);
+    }
+    phase("torn down", t);
+    phase("total", total);
+}
