@@ -55,6 +55,9 @@ pub struct Options {
     /// by hand: the tsh and tctl commands to use are printed).
     #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
+    /// Keep the working directory (configs, data, every log) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
     /// Skip the proxy restarts (SIGTERM and SIGKILL) and their reconnect times.
     #[arg(long)]
     pub no_restart: bool,

@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 
 use crate::BenchError;
 
+/// Every child still running, so an interrupted benchmark (Ctrl-C, SIGTERM: no unwinding,
+/// no Drop) can kill them before exiting.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn register(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+fn unregister(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != pid);
+}
+
+/// SIGKILLs every registered child (for the signal handler; Drop does this otherwise).
+pub fn kill_all_children() {
+    let pids = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|p| p.into_inner()));
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16, BenchError> {
     TcpListener::bind("127.0.0.1:0")
@@ -67,6 +89,7 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| BenchError::io(format!("starting {name} ({cmd:?})"), e))?;
+        register(child.id());
         Ok(Proc { name: name.to_string(), child: Some(child), log })
     }
 
@@ -82,6 +105,7 @@ impl Proc {
     /// Sends SIGTERM and waits for the exit (SIGKILL after `grace`); returns when it is gone.
     pub fn terminate(&mut self, grace: Duration) {
         if let Some(mut c) = self.child.take() {
+            unregister(c.id());
             if let Ok(pid) = i32::try_from(c.id()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
             }
@@ -101,6 +125,7 @@ impl Proc {
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            unregister(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }

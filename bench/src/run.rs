@@ -40,6 +40,8 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
         .build()
         .map_err(|e| BenchError::io("starting the tokio runtime", e))?;
 
+    watch_signals(&rt, work, opts.keep);
+
     say(format!("starting the root cluster {ROOT_NAME} (auth, proxy) in {}", work.display()));
     let mut root = Root::start(&bins, &work.join("root"), ROOT_NAME, &opts.offline_after)?;
     say("starting the real leaf (auth --insecure, node, tunnel agent)");
@@ -130,6 +132,31 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     drop(leaf);
     drop(root);
     result.map(|()| report)
+}
+
+/// On SIGINT or SIGTERM: kill every child, remove the working directory (unless kept)
+/// and exit; the main thread may be asleep in a measurement window.
+fn watch_signals(rt: &tokio::runtime::Runtime, work: &Path, keep: bool) {
+    let work = work.to_path_buf();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::warn!("cannot watch SIGINT/SIGTERM: an interrupted run may leave processes behind");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        crate::procs::kill_all_children();
+        if keep {
+            say(format!("interrupted: children killed; kept {}", work.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&work);
+            say("interrupted: children killed, working directory removed");
+        }
+        std::process::exit(130);
+    });
 }
 
 /// Everything measured with all leaves connected; errors stop the run but keep what was

@@ -18,9 +18,6 @@ struct Cli {
     /// Print the figures only; leave the Markdown file alone.
     #[arg(long)]
     no_doc: bool,
-    /// Keep the working directory (configs, data, every log) instead of removing it.
-    #[arg(long)]
-    keep: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(&tmp.path().join("bench.log"))?;
     let work = tmp.path().to_path_buf();
     let result = portcullis_bench::run(&cli.opts, &work);
-    if cli.keep {
+    if cli.opts.keep {
         let kept = tmp.keep();
         eprintln!("[tunnel-scale] kept the working directory {}", kept.display());
     }

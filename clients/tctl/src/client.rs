@@ -17,7 +17,7 @@ use portcullis_proto::auth::{
 use portcullis_rpc::{ClientTls, RpcError};
 use portcullis_types::Kind;
 use serde_json::Value;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 use tonic::{Code, Status};
 
 use crate::cli::GlobalFlags;

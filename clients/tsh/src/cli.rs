@@ -105,6 +105,10 @@ pub struct SshArgs {
     /// OpenSSH options, accepted for compatibility and ignored.
     #[arg(short = 'o', value_name = "OPTION")]
     pub options: Vec<String>,
+    /// Export this session's trace over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT, else
+    /// http://127.0.0.1:4317); the OTEL_* environment alone turns it on too.
+    #[arg(long = "trace")]
+    pub trace: bool,
     /// `[LOGIN@]HOST`: node name, id or address.
     #[arg(value_name = "[LOGIN@]HOST")]
     pub destination: String,

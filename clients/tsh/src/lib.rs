@@ -52,22 +52,31 @@ where
             return e.exit_code();
         }
     };
-    portcullis_rpc::telemetry::init_logging(&portcullis_config::LogSettings {
-        severity: if cli.global.debug {
-            "debug".into()
-        } else {
-            "warn".into()
-        },
+    // Only `tsh ssh` makes spans worth exporting.
+    let export = match &cli.command {
+        Command::Ssh(a) => portcullis_telemetry::export_from_env().or_else(|| {
+            a.trace.then(|| portcullis_telemetry::Export { endpoint: "http://127.0.0.1:4317".into(), ratio: 1.0 })
+        }),
+        _ => None,
+    };
+    let telemetry = portcullis_telemetry::init(portcullis_telemetry::Options {
+        service: "tsh".into(),
+        severity: if cli.global.debug { "debug".into() } else { "warn".into() },
         json: false,
-        output: "stderr".into(),
+        stdout: false,
+        export,
+        attributes: Default::default(),
     });
-    match execute(cli).await {
+    let code = match execute(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ERROR: {e}");
             1
         }
-    }
+    };
+    // The spans must leave before the process does.
+    telemetry.shutdown_async().await;
+    code
 }
 
 /// Runs a parsed command line; `Ok` carries the exit code (the remote one for `ssh`).

@@ -29,7 +29,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Version => println!("portcullis-auth v{}", env!("CARGO_PKG_VERSION")),
         Command::Start(flags) => {
             let settings = AuthSettings::load(&flags)?;
-            portcullis_rpc::telemetry::init_logging(&settings.common.log);
+            let attrs = [("portcullis.cluster".to_string(), settings.cluster_name.clone())].into();
+            let telemetry = portcullis_telemetry::init_service("portcullis-auth", &settings.common, attrs);
             portcullis_rpc::install_crypto_provider();
             let listener = tokio::net::TcpListener::bind(settings.listen_addr)
                 .await
@@ -42,8 +43,10 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            portcullis_auth::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal())
-                .await?;
+            let result =
+                portcullis_auth::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+            telemetry.shutdown_async().await;
+            result?;
         }
     }
     Ok(())

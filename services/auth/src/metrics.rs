@@ -136,17 +136,47 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let rpc = rpc_name(req.uri().path());
-        let answer = self.inner.call(req);
+        // One span per call, continuing the caller's trace (W3C context in the metadata).
+        let span = tracing::info_span!(
+            "auth.rpc",
+            otel.name = %format!("auth.{rpc}"),
+            rpc = %rpc,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let md = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+        portcullis_telemetry::set_parent_from_metadata(&span, &md);
+        let answer = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
         let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let resp = answer.await?;
-            let (outcome, code) = answer_outcome(&resp);
-            // tonic answers unknown methods itself: one label value for all of them.
-            let rpc = if code == Code::Unimplemented { "unknown".to_string() } else { rpc };
-            metrics.record(rpc, outcome);
-            Ok(resp)
-        })
+        let record_span = span.clone();
+        Box::pin(
+            async move {
+                let resp = answer.await?;
+                let (outcome, code) = answer_outcome(&resp);
+                record_span.record("outcome", outcome);
+                if outcome != "ok" {
+                    record_span.record("otel.status_code", "error");
+                    let msg = resp
+                        .headers()
+                        .get("grpc-message")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|m| percent_decode(m))
+                        .unwrap_or_else(|| outcome.to_string());
+                    record_span.record("otel.status_description", msg.as_str());
+                }
+                // tonic answers unknown methods itself: one label value for all of them.
+                let rpc = if code == Code::Unimplemented { "unknown".to_string() } else { rpc };
+                metrics.record(rpc, outcome);
+                Ok(resp)
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -169,4 +199,23 @@ mod tests {
         resp.extensions_mut().insert(Refused);
         assert_eq!(answer_outcome(&resp).0, "denied");
     }
+}
+
+/// gRPC percent-encodes `grpc-message`; undo it for span messages.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -9,7 +9,7 @@ use portcullis_pki::{Identity, Secret, ssh};
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::*;
 use portcullis_rpc::{ClientTls, Trust};
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 struct Running {
     addr: String,

@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{AuditEventRequest, AuthorizeSshRequest, AuthorizeSshResponse};
 use tonic::Status;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 /// Login decisions and the audit log, as the auth service provides them.
 pub trait AuthBackend: Send + Sync + 'static {

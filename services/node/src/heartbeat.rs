@@ -9,7 +9,7 @@ use portcullis_pki::ssh::{fingerprint, parse_public_key};
 use portcullis_proto::auth::HeartbeatRequest;
 use portcullis_proto::auth::auth_client::AuthClient;
 use russh::keys::PublicKey;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 /// Time between heartbeats.
 pub const INTERVAL: Duration = Duration::from_secs(10);

@@ -199,6 +199,10 @@ pub async fn serve_ssh(
     conns.abort_all();
 }
 
+/// How long a new connection may stay silent before the node stops looking for a trace
+/// preamble (SSH clients send their version line at once).
+const PREAMBLE_WAIT: Duration = Duration::from_millis(150);
+
 /// Serves one SSH connection until it ends or the node stops.
 async fn serve(
     socket: TcpStream,
@@ -208,7 +212,10 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
-    let handler = Connection::new(ctx, peer.to_string());
+    let mut socket = socket;
+    // A proxy or agent may send its trace context first (see portcullis_telemetry::preamble).
+    let trace = portcullis_telemetry::preamble::read(&mut socket, PREAMBLE_WAIT).await;
+    let handler = Connection::new(ctx, peer.to_string()).with_trace(trace);
     let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, socket, handler)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -55,7 +55,8 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(a) = args.public_addr {
         settings.public_addr = Some(with_default_port(&a, ports::NODE_SSH));
     }
-    portcullis_rpc::telemetry::init_logging(&settings.common.log);
+    let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "node");
+    let telemetry = portcullis_telemetry::init_service("portcullis-node", &settings.common, attrs);
     portcullis_rpc::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind(settings.listen_addr)
         .await
@@ -66,6 +67,8 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    portcullis_node::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await?;
+    let result = portcullis_node::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+    telemetry.shutdown_async().await;
+    result?;
     Ok(())
 }

@@ -93,11 +93,28 @@ pub struct Connection {
     remote_addr: String,
     user: Option<Authorized>,
     channels: HashMap<ChannelId, ChannelState>,
+    /// Trace context the dialling proxy or agent sent ahead of the SSH bytes.
+    trace: Option<String>,
 }
 
 impl Connection {
     pub fn new(ctx: Arc<NodeContext>, remote_addr: String) -> Self {
-        Connection { ctx, remote_addr, user: None, channels: HashMap::new() }
+        Connection { ctx, remote_addr, user: None, channels: HashMap::new(), trace: None }
+    }
+
+    /// Makes this connection's spans children of the dialling hop's span.
+    pub fn with_trace(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
+        self
+    }
+
+    /// A span continuing the dialling hop's trace.
+    fn span(&self, span: tracing::Span) -> tracing::Span {
+        if let Some(tp) = &self.trace {
+            let map = std::collections::HashMap::from([(portcullis_telemetry::TRACEPARENT.to_string(), tp.clone())]);
+            portcullis_telemetry::set_parent_from_map(&span, &map);
+        }
+        span
     }
 
     fn audit_auth_failure(&self, username: &str, login: &str, reason: &str) {
@@ -174,7 +191,18 @@ impl Connection {
 
         let audit = ctx.audit.clone();
         let active = ctx.metrics.session_started();
-        tokio::spawn(async move {
+        let span = self.span(tracing::info_span!(
+            "node.session",
+            node = %ctx.nodename,
+            login = %user.login,
+            user = %user.username,
+            roles = %user.roles.join(","),
+            session_id = %session_id,
+            interactive = process.has_pty(),
+            exit_code = tracing::field::Empty,
+        ));
+        let span_in_task = span.clone();
+        let task = async move {
             let _active = active;
             let out = writer.make_writer();
             let err = writer.make_writer_ext(Some(1));
@@ -193,6 +221,7 @@ impl Connection {
             let _ = writer.exit_status(code).await;
             let _ = writer.eof().await;
             let _ = writer.close().await;
+            span.record("exit_code", code);
             base["exit_code"] = code.into();
             if let Some(c) = command {
                 let mut exec = base.clone();
@@ -203,7 +232,8 @@ impl Connection {
             base["event"] = "session.end".into();
             tracing::info!(session_id = %base["session_id"].as_str().unwrap_or(""), code, "session ended");
             audit.emit(base);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span_in_task));
         Ok(())
     }
 
@@ -221,6 +251,7 @@ impl Connection {
         }
         if let Err(e) = verdict {
             tracing::info!(user = %key_id, login = %user, remote = %self.remote_addr, "certificate refused: {e}");
+            fail_span(&e.to_string());
             self.audit_auth_failure(&key_id, user, &e.to_string());
             return Ok(Auth::reject());
         }
@@ -243,6 +274,7 @@ impl Connection {
             Ok(Err(status)) => {
                 // Fail closed: no decision from auth means no login.
                 tracing::warn!(user = %key_id, login = %user, "cannot ask the auth service about the login: {}", status.message());
+                fail_span(&format!("authorization failed: {}", status.message()));
                 self.audit_auth_failure(&key_id, user, &format!("authorization failed: {}", status.message()));
                 return Ok(Auth::reject());
             }
@@ -255,6 +287,7 @@ impl Connection {
         if !decision.allowed {
             // The auth service has audited the refusal with its reason.
             tracing::info!(user = %key_id, login = %user, "login refused: {}", decision.reason);
+            fail_span(&decision.reason);
             return Ok(Auth::reject());
         }
         let username = if decision.username.is_empty() { key_id } else { decision.username };
@@ -310,7 +343,16 @@ impl russh::server::Handler for Connection {
     type Error = NodeError;
 
     async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
-        let verdict = self.check_certificate(user, certificate).await;
+        use tracing::Instrument;
+        let span = self.span(tracing::info_span!(
+            "node.auth",
+            node = %self.ctx.nodename,
+            login = %user,
+            user = %certificate.key_id(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        ));
+        let verdict = self.check_certificate(user, certificate).instrument(span).await;
         if let Ok(auth) = &verdict {
             self.ctx.metrics.login(matches!(auth, Auth::Accept));
         }
@@ -481,4 +523,11 @@ impl russh::server::Handler for Connection {
         }
         Ok(())
     }
+}
+
+/// Marks the current span (a login check) failed with `reason`.
+fn fail_span(reason: &str) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", reason);
 }

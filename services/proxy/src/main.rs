@@ -94,7 +94,8 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(a) = args.tunnel_public_addr {
         settings.tunnel_public_addr = Some(with_default_port(&a, ports::PROXY_TUNNEL));
     }
-    portcullis_rpc::telemetry::init_logging(&settings.common.log);
+    let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "proxy");
+    let telemetry = portcullis_telemetry::init_service("portcullis-proxy", &settings.common, attrs);
     portcullis_rpc::install_crypto_provider();
 
     let web = std::net::TcpListener::bind(settings.web_listen_addr)
@@ -112,7 +113,9 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         None => None,
     };
     let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel), diag };
-    run(settings, listeners, shutdown_signal()).await?;
+    let result = run(settings, listeners, shutdown_signal()).await;
+    telemetry.shutdown_async().await;
+    result?;
     Ok(())
 }
 

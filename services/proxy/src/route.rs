@@ -10,7 +10,7 @@ use portcullis_proto::auth::{Node, ResolveNodeRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tonic::Code;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 use crate::metrics::{ProxyMetrics, cluster_type};
 use crate::state::auth_call;
@@ -173,6 +173,9 @@ impl Router {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("set_nodelay on the node connection failed: {e}");
         }
+        let mut tcp = tcp;
+        // The node's session span joins this trace.
+        portcullis_telemetry::preamble::write(&mut tcp).await.map_err(|e| connect_err(e.to_string()))?;
         tracing::debug!(node = %name, addr = %node.addr, "dialled node");
         Ok(Dialed { node, stream: Box::new(tcp) })
     }
@@ -190,11 +193,36 @@ impl Router {
         // and 3022 can only mean "the node's port".
         let port = if port == OPENSSH_DEFAULT_PORT || port == DEFAULT_NODE_PORT { 0 } else { port };
         let leaf_err = |reason: TunnelError| RouteError::Leaf { cluster: cluster.to_string(), host: host.to_string(), reason };
-        let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace: Default::default() };
-        let stream = match addr.send(msg).await {
-            Ok(r) => r.map_err(leaf_err)?,
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "tunnel.dial",
+            cluster = %cluster,
+            node = %host,
+            user = %user,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let sent = async {
+            // The agent continues the trace from this span.
+            let trace = portcullis_telemetry::current_trace_map().into_iter().collect();
+            let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace };
+            addr.send(msg).await
+        }
+        .instrument(span.clone())
+        .await;
+        let stream = match sent {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let e = leaf_err(e);
+                record_error(&span, &e);
+                return Err(e);
+            }
             // The actor stopped: its last tunnel went away meanwhile.
-            Err(_) => return Err(RouteError::ClusterOffline(cluster.to_string())),
+            Err(_) => {
+                let e = RouteError::ClusterOffline(cluster.to_string());
+                record_error(&span, &e);
+                return Err(e);
+            }
         };
         tracing::debug!(leaf = cluster, host, port, "dialled through a reverse tunnel");
         let node = Node { hostname: host.to_string(), cluster: cluster.to_string(), tunnel: true, ..Default::default() };
@@ -241,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn own_cluster_is_local_and_unconnected_leaves_are_named() {
-        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let channel = Channel::new(tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy());
         let hub = Hub::start("root.example.com", "proxy-1", "", Default::default()).unwrap();
         hub.set_leaf_cas([("leaf-b".to_string(), vec!["pem".to_string()])].into_iter().collect());
         let r = Router::new("root.example.com".into(), AuthClient::new(channel), hub);
@@ -258,4 +286,10 @@ mod tests {
         drop(g);
         assert_eq!(r.active_sessions(), 0);
     }
+}
+
+/// Marks `span` failed with the error's text.
+pub fn record_error(span: &tracing::Span, e: &dyn std::fmt::Display) {
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", e.to_string().as_str());
 }

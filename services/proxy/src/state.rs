@@ -10,7 +10,7 @@ use portcullis_proto::auth::CertAuthorities;
 use portcullis_proto::auth::auth_client::AuthClient;
 use russh::keys::PublicKey;
 use tonic::Status;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 use crate::metrics::ProxyMetrics;
 use crate::route::Router;

@@ -210,7 +210,7 @@ pub fn state_with_ca(
         CLUSTER.into(),
         "host-1".into(),
         "proxy-1".into(),
-        portcullis_proto::auth::auth_client::AuthClient::new(channel),
+        portcullis_proto::auth::auth_client::AuthClient::new(portcullis_rpc::Channel::new(channel)),
         TrustedCas { ssh_user: ssh_user_cas, tls_pems: vec![ca.cert_pem().to_string()] },
         verifier,
         addrs,

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 use crate::{Agent, CALL_TIMEOUT};
 
@@ -41,6 +41,30 @@ pub async fn serve(
     control: mpsc::Sender<AgentFrame>,
     req: DialRequest,
 ) {
+    use tracing::Instrument;
+    // Continues the root proxy's `tunnel.dial` span; the node's session span follows this.
+    let span = tracing::info_span!(
+        "agent.dial",
+        cluster = %agent.cluster(),
+        root = %root,
+        node = %req.host,
+        user = %req.user,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let trace: std::collections::HashMap<String, String> = req.trace.clone().into_iter().collect();
+    portcullis_telemetry::set_parent_from_map(&span, &trace);
+    serve_traced(agent, root, channel, control, req).instrument(span).await
+}
+
+async fn serve_traced(
+    agent: Arc<Agent>,
+    root: String,
+    channel: Channel,
+    control: mpsc::Sender<AgentFrame>,
+    req: DialRequest,
+) {
     let target = format!("{}:{}", req.host, req.port);
     tracing::debug!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target}");
     let addr = match resolve(&agent, &req, &target).await {
@@ -58,6 +82,14 @@ pub async fn serve(
         }
     };
     let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    if req.host != AUTH_HOST {
+        // The node's session span joins this trace (see portcullis_telemetry::preamble).
+        if let Err(e) = portcullis_telemetry::preamble::write(&mut tcp).await {
+            return refuse(&agent, &root, &control, &req, &target, format!("cannot write to {addr}: {e}")).await;
+        }
+    }
+    tracing::Span::current().record("outcome", "ok");
     let (out_tx, out_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     // An empty first chunk makes the stream reach the proxy at once.
     let _ = out_tx.send(Chunk { data: Vec::new() }).await;
@@ -113,6 +145,10 @@ async fn refuse(
     reason: String,
 ) {
     tracing::info!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target} failed: {reason}");
+    let span = tracing::Span::current();
+    span.record("outcome", "error");
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", reason.as_str());
     agent.metrics.dial(false);
     let event = serde_json::json!({
         "event": "tunnel.dial",

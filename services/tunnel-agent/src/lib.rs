@@ -20,7 +20,7 @@ use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{ListTrustedClustersRequest, TrustedClusterTarget};
 use portcullis_rpc::{ClientTls, connect_lazy};
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 pub use error::AgentError;
 

@@ -36,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Start(args) => {
             // The agent only dials out: its one optional listener is the diagnostic one.
             let settings = AgentSettings::load(&args.common)?;
-            portcullis_rpc::telemetry::init_logging(&settings.common.log);
+            let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "agent");
+            let telemetry = portcullis_telemetry::init_service("portcullis-tunnel-agent", &settings.common, attrs);
             portcullis_rpc::install_crypto_provider();
             let diag = match settings.common.diag_addr {
                 Some(a) => Some(
@@ -46,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_rpc::telemetry::shutdown_signal()).await?;
+            let result =
+                portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+            telemetry.shutdown_async().await;
+            result?;
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 use crate::link::LinkEvent;
 use crate::{Agent, VERSION, dial};

@@ -11,6 +11,7 @@ pub use file::FileConfig;
 pub use flags::CommonFlags;
 pub use settings::{
     AgentSettings, AuthSettings, Common, LogSettings, NodeSettings, ProxySettings, StaticToken,
+    TracingSettings,
 };
 
 /// Default ports, as SPEC §1 fixes them.

@@ -31,6 +31,17 @@ pub struct Common {
     pub labels: BTreeMap<String, String>,
     pub log: LogSettings,
     pub diag_addr: Option<SocketAddr>,
+    pub tracing: TracingSettings,
+}
+
+/// `tracing_service`: where spans go. Off unless enabled (or the `OTEL_*` environment asks).
+#[derive(Debug, Clone, Default)]
+pub struct TracingSettings {
+    pub enabled: bool,
+    /// OTLP/gRPC endpoint, e.g. `grpc://jaeger:4317`.
+    pub exporter_url: Option<String>,
+    /// Share of new traces recorded, in millionths (1000000 = all).
+    pub sampling_rate_per_million: u32,
 }
 
 /// A token from `auth_service.tokens` (`roles:value`).
@@ -203,6 +214,16 @@ fn common(file: &FileConfig, flags: &CommonFlags, default_dir: &str) -> Result<C
             output: t.log.output.clone().unwrap_or_else(|| "stderr".into()),
         },
         diag_addr,
+        tracing: TracingSettings {
+            enabled: file.tracing_service.as_ref().is_some_and(|t| t.enabled),
+            exporter_url: file.tracing_service.as_ref().and_then(|t| t.exporter_url.clone()),
+            sampling_rate_per_million: file
+                .tracing_service
+                .as_ref()
+                .and_then(|t| t.sampling_rate_per_million)
+                .unwrap_or(1_000_000)
+                .min(1_000_000),
+        },
     })
 }
 

@@ -10,7 +10,9 @@ use portcullis_pki::Secret;
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
+
+use crate::traced::TracedChannel;
 
 use crate::verify::{InsecureVerifier, PinVerifier, ca_verifier};
 use crate::{RpcError, crypto_provider};
@@ -142,17 +144,18 @@ async fn connect_any(host: &str, port: u16) -> std::io::Result<tokio::net::TcpSt
 }
 
 /// Connects now, so an unreachable or untrusted server is reported at once.
-pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel, RpcError> {
+pub async fn connect(addr: &str, tls: &ClientTls) -> Result<TracedChannel, RpcError> {
     endpoint(addr)?
         .connect_with_connector(connector(tls)?)
         .await
+        .map(TracedChannel::new)
         .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: error_chain(&e) })
 }
 
 /// A channel that connects on first use and reconnects after failures: for long-lived
 /// service clients that must ride out auth restarts.
-pub fn connect_lazy(addr: &str, tls: &ClientTls) -> Result<Channel, RpcError> {
-    Ok(endpoint(addr)?.connect_with_connector_lazy(connector(tls)?))
+pub fn connect_lazy(addr: &str, tls: &ClientTls) -> Result<TracedChannel, RpcError> {
+    Ok(TracedChannel::new(endpoint(addr)?.connect_with_connector_lazy(connector(tls)?)))
 }
 
 /// An error and its sources on one line: tonic hides the useful part in the chain.

@@ -114,3 +114,13 @@ pub fn uuid_v4() -> Result<String, portcullis_pki::PkiError> {
     let h = hex::encode(b);
     Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
 }
+
+/// Trace resource attributes for a service: its cluster and host id, when it has joined.
+pub fn resource_attributes(common: &Common, role: &str) -> std::collections::BTreeMap<String, String> {
+    let mut attrs = std::collections::BTreeMap::new();
+    if let Ok(id) = Identity::load(&identity_path(&common.data_dir, role)) {
+        attrs.insert("portcullis.cluster".to_string(), id.cluster_name);
+        attrs.insert("portcullis.host_id".to_string(), id.name);
+    }
+    attrs
+}

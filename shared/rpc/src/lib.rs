@@ -7,10 +7,13 @@ pub mod join;
 pub mod peer;
 pub mod server;
 pub mod telemetry;
+mod traced;
 pub mod verify;
 
 pub use client::{ClientTls, Trust, connect, connect_lazy};
 pub use peer::peer_identity;
+/// The gRPC channel every client uses: tonic's, plus trace-context propagation.
+pub use traced::TracedChannel as Channel;
 
 /// Errors setting up RPC connections.
 #[derive(Debug, thiserror::Error)]

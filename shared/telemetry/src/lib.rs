@@ -3,6 +3,7 @@
 //! carried across processes.
 #![forbid(unsafe_code)]
 
+pub mod preamble;
 pub mod propagate;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,13 @@ impl Telemetry {
         self.provider.is_some()
     }
 
+    /// [`Telemetry::shutdown`] from async code, on the blocking pool.
+    pub async fn shutdown_async(self) {
+        if self.provider.is_some() {
+            let _ = tokio::task::spawn_blocking(move || self.shutdown()).await;
+        }
+    }
+
     /// Flushes and stops the exporter. Blocking: call it last, off the async threads.
     pub fn shutdown(self) {
         if let Some(p) = self.provider {
@@ -90,6 +98,27 @@ pub fn export_from_env() -> Option<Export> {
     let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
     let ratio = var("OTEL_TRACES_SAMPLER_ARG").and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0);
     Some(Export { endpoint, ratio })
+}
+
+/// Telemetry for a service from its settings: `tracing_service` in the config file, or
+/// the standard `OTEL_*` environment when the file does not enable it.
+pub fn init_service(service: &str, common: &portcullis_config::Common, mut attributes: BTreeMap<String, String>) -> Telemetry {
+    let t = &common.tracing;
+    let export = match (&t.exporter_url, t.enabled) {
+        (Some(url), true) => {
+            Some(Export { endpoint: url.clone(), ratio: f64::from(t.sampling_rate_per_million) / 1_000_000.0 })
+        }
+        _ => export_from_env(),
+    };
+    attributes.entry("host.name".into()).or_insert_with(|| common.nodename.clone());
+    init(Options {
+        service: service.to_string(),
+        severity: common.log.severity.clone(),
+        json: common.log.json,
+        stdout: common.log.output == "stdout",
+        export,
+        attributes,
+    })
 }
 
 /// `grpc://host:port` (teleport.yaml's spelling) becomes `http://host:port`.

@@ -2,6 +2,8 @@
 //! temporary directory, runs `tctl` and `tsh` against them, and kills everything on drop.
 #![forbid(unsafe_code)]
 
+pub mod otlp;
+
 mod diag;
 pub use diag::*;
 
@@ -11,6 +13,26 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Environment added to every process the harness starts (tsh, tctl and services), e.g.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` for tracing tests. Tests of one binary share it.
+static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds `key=value` to the environment of every process started from now on.
+pub fn set_child_env(key: &str, value: &str) {
+    if let Ok(mut env) = CHILD_ENV.lock() {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
+    }
+}
+
+fn apply_child_env(cmd: &mut Command) {
+    if let Ok(env) = CHILD_ENV.lock() {
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+    }
+}
 
 /// Directory holding the workspace's built binaries (the tests' own target dir).
 pub fn bin_dir() -> PathBuf {
@@ -62,6 +84,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        apply_child_env(cmd);
         let f = std::fs::File::create(&log).expect("log file");
         let f2 = f.try_clone().expect("log file clone");
         let child = cmd
@@ -153,6 +176,7 @@ impl Run {
 
 /// Runs a command with optional stdin and a timeout of 60 s.
 pub fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Run {
+    apply_child_env(cmd);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

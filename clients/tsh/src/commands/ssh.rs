@@ -96,6 +96,35 @@ impl Explainer<'_> {
 
 /// `tsh ssh`; returns the remote exit status.
 pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "tsh.ssh",
+        destination = %args.destination,
+        cluster = tracing::field::Empty,
+        node = tracing::field::Empty,
+        login = tracing::field::Empty,
+        user = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        exit_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = ssh_traced(ctx, args).instrument(span.clone()).await;
+    match &result {
+        Ok(code) => {
+            span.record("outcome", "ok");
+            span.record("exit_code", *code);
+        }
+        Err(e) => {
+            span.record("outcome", "error");
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", e.to_string().as_str());
+        }
+    }
+    result
+}
+
+async fn ssh_traced(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     let (profile, creds) = ctx.logged_in()?;
     let (login_at, host_part) = split_destination(&args.destination);
     if host_part.is_empty() {
@@ -108,6 +137,11 @@ pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     let (host, port_in_host) = split_host_port(&host_part);
     let port = args.port.or(port_in_host).unwrap_or(0);
     let cluster = ctx.cluster(&profile);
+    let span = tracing::Span::current();
+    span.record("cluster", cluster.as_str());
+    span.record("node", host_part.as_str());
+    span.record("login", login.as_str());
+    span.record("user", profile.username.as_str());
     let cert_line = creds
         .ssh_cert
         .to_openssh()
@@ -146,11 +180,14 @@ pub async fn ssh(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
         return Err(explain.refused("the proxy").await);
     }
 
-    let stream = if cluster == profile.cluster {
+    // When tracing, the subsystem form carries the trace to the proxy (an `env` request
+    // on its channel); `direct-tcpip` has no room for it.
+    let traceparent = portcullis_telemetry::current_traceparent();
+    let stream = if cluster == profile.cluster && traceparent.is_none() {
         route::direct(&proxy, &host, port, &host_part, &proxy_state).await?
     } else {
         let subsystem = format!("proxy:{host}:{port}@{cluster}");
-        route::subsystem(&proxy, &subsystem, &host_part, &proxy_state).await?
+        route::subsystem(&proxy, &subsystem, &host_part, &proxy_state, traceparent.as_deref()).await?
     };
 
     let (handler, node_state) = HostCheck::new(cas, Expect::Node { names });

@@ -63,17 +63,23 @@ pub fn subsystem_failure(node: &str, state: &SharedState) -> Option<TshError> {
     Some(TshError::Ssh(format!("cannot connect to {node}: {said}")))
 }
 
-/// Opens a session channel and requests the `proxy:host:port@cluster` subsystem.
+/// Opens a session channel and requests the `proxy:host:port@cluster` subsystem. With
+/// `traceparent`, an `env` request first hands the proxy the trace to continue.
 pub async fn subsystem<H: Handler>(
     proxy: &Handle<H>,
     subsystem: &str,
     node: &str,
     state: &SharedState,
+    traceparent: Option<&str>,
 ) -> Result<NodeStream, TshError> {
     let mut channel = match proxy.channel_open_session().await {
         Ok(c) => c,
         Err(e) => return Err(open_error(node, &e, state).await),
     };
+    if let Some(tp) = traceparent {
+        // Best effort: a proxy that ignores it still routes the session.
+        let _ = channel.set_env(false, "TRACEPARENT", tp).await;
+    }
     channel
         .request_subsystem(true, subsystem)
         .await

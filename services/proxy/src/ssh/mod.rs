@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::route::{Conn, RouteError};
 use crate::state::ProxyState;
@@ -81,7 +82,13 @@ pub async fn serve(
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!("set_nodelay failed: {e}");
                     }
-                    let conn = SshConn { state: state.clone(), peer: Some(peer), user: None, sessions: HashMap::new() };
+                    let conn = SshConn {
+                        state: state.clone(),
+                        peer: Some(peer),
+                        user: None,
+                        sessions: HashMap::new(),
+                        traces: HashMap::new(),
+                    };
                     let (config, handles) = (config.clone(), handles.clone());
                     next_id += 1;
                     let id = next_id;
@@ -150,6 +157,8 @@ pub struct SshConn {
     user: Option<SshUser>,
     /// Session channels waiting for a subsystem request.
     sessions: HashMap<ChannelId, Channel<Msg>>,
+    /// `TRACEPARENT` sent by tsh (an `env` request) on a session channel, by channel.
+    traces: HashMap<ChannelId, String>,
 }
 
 impl SshConn {
@@ -234,23 +243,31 @@ impl Handler for SshConn {
         let host = host_to_connect.to_string();
         // Resolving and dialling take round trips; doing them in a task keeps this
         // connection's other channels flowing meanwhile.
-        tokio::spawn(async move {
-            let routed = match state.router.authorize_cluster(&user.route_to_cluster, &user.ssh_cert).await {
-                Ok(()) => state.router.dial(&user.route_to_cluster, &host, port, &user.name).await,
-                Err(e) => Err(e),
-            };
-            match routed {
-                Ok(dialed) => {
-                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding direct-tcpip to node");
-                    reply.accept().await;
-                    pipe(&state, channel, dialed.stream).await;
-                }
-                Err(e) => {
-                    tracing::info!(user = %user.name, host = %host, port, "direct-tcpip refused: {e}");
-                    reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: e.to_string() }).await;
+        let span = route_span(&user.route_to_cluster, &host, &user.name, None);
+        tokio::spawn(
+            async move {
+                let routed = match state.router.authorize_cluster(&user.route_to_cluster, &user.ssh_cert).await {
+                    Ok(()) => state.router.dial(&user.route_to_cluster, &host, port, &user.name).await,
+                    Err(e) => Err(e),
+                };
+                match routed {
+                    Ok(dialed) => {
+                        tracing::Span::current().record("outcome", "ok");
+                        tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding direct-tcpip to node");
+                        reply.accept().await;
+                        pipe(&state, channel, dialed.stream).await;
+                    }
+                    Err(e) => {
+                        let span = tracing::Span::current();
+                        span.record("outcome", "error");
+                        crate::route::record_error(&span, &e);
+                        tracing::info!(user = %user.name, host = %host, port, "direct-tcpip refused: {e}");
+                        reply.reject(ChannelOpenFailure::Other { code: CONNECT_FAILED, reason: e.to_string() }).await;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
         Ok(())
     }
 
@@ -267,22 +284,47 @@ impl Handler for SshConn {
         };
         session.channel_success(id)?;
         let state = self.state.clone();
-        tokio::spawn(async move {
-            let routed = match state.router.authorize_cluster(&target.cluster, &user.ssh_cert).await {
-                Ok(()) => state.router.dial(&target.cluster, &target.host, target.port, &user.name).await,
-                Err(e) => Err(e),
-            };
-            match routed {
-                Ok(dialed) => {
-                    tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding proxy subsystem to node");
-                    pipe(&state, channel, dialed.stream).await;
-                }
-                Err(e) => {
-                    tracing::info!(user = %user.name, host = %target.host, port = target.port, cluster = %target.cluster, "proxy subsystem refused: {e}");
-                    fail_channel(&channel, &e).await;
+        let span = route_span(&target.cluster, &target.host, &user.name, self.traces.remove(&id));
+        tokio::spawn(
+            async move {
+                let routed = match state.router.authorize_cluster(&target.cluster, &user.ssh_cert).await {
+                    Ok(()) => state.router.dial(&target.cluster, &target.host, target.port, &user.name).await,
+                    Err(e) => Err(e),
+                };
+                match routed {
+                    Ok(dialed) => {
+                        tracing::Span::current().record("outcome", "ok");
+                        tracing::info!(user = %user.name, roles = ?user.roles, node = %dialed.node.hostname, addr = %dialed.node.addr, cluster = %dialed.node.cluster, tunnel = dialed.node.tunnel, "forwarding proxy subsystem to node");
+                        pipe(&state, channel, dialed.stream).await;
+                    }
+                    Err(e) => {
+                        let span = tracing::Span::current();
+                        span.record("outcome", "error");
+                        crate::route::record_error(&span, &e);
+                        tracing::info!(user = %user.name, host = %target.host, port = target.port, cluster = %target.cluster, "proxy subsystem refused: {e}");
+                        fail_channel(&channel, &e).await;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// tsh passes its trace context as `TRACEPARENT`; other variables mean nothing here.
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if variable_name == "TRACEPARENT" && variable_value.len() <= 128 {
+            self.traces.insert(id, variable_value.to_string());
+            session.channel_success(id)?;
+        } else {
+            session.channel_failure(id)?;
+        }
         Ok(())
     }
 
@@ -334,4 +376,22 @@ async fn pipe(state: &ProxyState, channel: Channel<Msg>, mut node: Box<dyn Conn>
     }
     let _ = node.shutdown().await;
     let _ = stream.shutdown().await;
+}
+
+/// The span of one routed session, continuing tsh's trace when it sent one.
+fn route_span(cluster: &str, host: &str, user: &str, traceparent: Option<String>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "proxy.route",
+        cluster = %cluster,
+        node = %host,
+        user = %user,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    if let Some(tp) = traceparent {
+        let map = std::collections::HashMap::from([(portcullis_telemetry::TRACEPARENT.to_string(), tp)]);
+        portcullis_telemetry::set_parent_from_map(&span, &map);
+    }
+    span
 }

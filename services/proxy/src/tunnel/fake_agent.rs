@@ -17,7 +17,7 @@ use portcullis_rpc::{ClientTls, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use portcullis_rpc::Channel;
 
 use super::server::DIAL_ID_HEADER;
 

@@ -152,7 +152,7 @@ impl Env {
 
     fn router(&self) -> Router {
         let channel = tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy();
-        Router::new(CLUSTER.into(), AuthClient::new(channel), self.hub.clone())
+        Router::new(CLUSTER.into(), AuthClient::new(portcullis_rpc::Channel::new(channel)), self.hub.clone())
     }
 }
 
