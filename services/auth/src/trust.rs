@@ -74,6 +74,8 @@ impl AuthState {
     ) -> Result<ValidateTrustedClusterResponse, AuthError> {
         let leaf = req.leaf_cluster_name.trim().to_string();
         let refuse = |reason: String| {
+            // The troubleshooting guides start from this line on the root.
+            tracing::warn!(leaf = %leaf, remote = %req.remote_addr, "refused to trust cluster: {reason}");
             self.audit.emit(
                 "trusted_cluster.create",
                 json!({"success": false, "cluster": leaf, "error": reason, "remote_addr": req.remote_addr}),
