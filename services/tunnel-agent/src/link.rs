@@ -25,9 +25,9 @@ const DRAIN_DELAY: Duration = Duration::from_secs(1);
 /// load balancer every attempt may land on a proxy already held. The pause is short so a
 /// restarted proxy gets its tunnels back within seconds; jitter spreads many agents out.
 const MAX_PROXY_ATTEMPTS: u32 = 8;
-const PROXY_COOLDOWN: Duration = Duration::from_secs(8);
+const PROXY_COOLDOWN: Duration = Duration::from_secs(2);
 /// Longest wait between attempts to reach one particular announced proxy.
-const PROXY_BACKOFF_MAX: Duration = Duration::from_secs(4);
+const PROXY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Nothing to do: sleep this long (events wake the link earlier).
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -254,12 +254,9 @@ impl Link {
             EndReason::Duplicate => None,
             _ => end.proxy_id.clone(),
         };
-        if end.reason == EndReason::Drained
-            && let Some(id) = &reached
-        {
-            // The proxy is going away; the next ProxySet says whether it came back.
-            self.known.remove(id);
-        }
+        // A draining proxy stays known: it may come back with the same id (a restart) before
+        // the proxy set changes, and the set is only re-sent when it changes. It is retried
+        // after the drain delay and dropped when the next proxy set no longer lists it.
         let stable = reached.is_some() && end.up_for >= STABLE_AFTER;
         let backoff = match &s.want {
             Want::Any => Some(&mut self.any_backoff),

@@ -1,7 +1,8 @@
 //! Issue 6, end to end: the docker-compose two-cluster lab. Builds the image offline, starts
 //! the lab under a project name of its own, reaches both leaf nodes with `tsh ssh` from the
 //! client container, shows that no root container can connect to any leaf address, stops a
-//! root proxy and shows new sessions still work, and tears everything down.
+//! root proxy and shows new sessions still work (and again the other way round once it is
+//! back), and tears everything down.
 //!
 //! Runs whenever a Docker engine answers `docker info`; with `CI=true` it is required (it
 //! fails instead of skipping when Docker or Compose is missing).
@@ -32,7 +33,11 @@ struct Out {
 
 impl Out {
     fn ok(self, what: &str) -> Out {
-        assert_eq!(self.code, 0, "{what} failed (exit {}):\nstdout: {}\nstderr: {}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "{what} failed (exit {}):\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 }
@@ -199,6 +204,21 @@ fn phase(name: &str, since: Instant) {
     eprintln!("[compose e2e] {name}: {:.1}s", since.elapsed().as_secs_f64());
 }
 
+/// Waits until root proxy `proxy` reports a live tunnel from the leaf (its metrics, read on
+/// the loopback diagnostic listener inside its container).
+fn wait_tunnel(lab: &Lab, proxy: &str, timeout: Duration) {
+    let id = lab.container(proxy);
+    portcullis_e2e::wait_for(&format!("a leaf tunnel on {proxy}"), timeout, || {
+        std::thread::sleep(Duration::from_millis(400));
+        let m = docker(&["exec", &id, "curl", "-fsS", "http://127.0.0.1:3000/metrics"]).stdout;
+        m.lines()
+            .filter(|l| l.starts_with("portcullis_proxy_tunnels{") && l.contains(LEAF))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .any(|v| v >= 1.0)
+            .then_some(())
+    });
+}
+
 fn ssh_hostname(lab: &Lab, node: &str) -> Out {
     lab.client(&format!("tsh ssh --cluster={LEAF} visitor@{node} hostname"))
 }
@@ -223,11 +243,7 @@ fn compose_lab_end_to_end() {
     let t = Instant::now();
     let bins = bin_dir();
     run(
-        Command::new("bash")
-            .arg(root.join("scripts/docker-build.sh"))
-            .arg("--bin-dir")
-            .arg(&bins)
-            .current_dir(&root),
+        Command::new("bash").arg(root.join("scripts/docker-build.sh")).arg("--bin-dir").arg(&bins).current_dir(&root),
         Duration::from_secs(420),
     )
     .ok("scripts/docker-build.sh");
@@ -245,7 +261,10 @@ fn compose_lab_end_to_end() {
     });
     let logs = lab.compose(&["logs", "--no-color", "bootstrap"], Duration::from_secs(60)).stdout;
     assert_eq!(state, "exited 0", "bootstrap failed:\n{logs}");
-    assert!(logs.contains("lab is ready") && logs.contains("exec client tsh"), "bootstrap printed no next steps:\n{logs}");
+    assert!(
+        logs.contains("lab is ready") && logs.contains("exec client tsh"),
+        "bootstrap printed no next steps:\n{logs}"
+    );
     phase("lab up and trust established", t);
 
     // A root user reaches both leaf nodes through the reverse tunnel.
@@ -271,11 +290,9 @@ fn compose_lab_end_to_end() {
     for s in LEAF_SERVICES {
         let ips = lab.inspect(s, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}");
         leaf_ips.extend(ips.split_whitespace().map(str::to_string));
-        let listening = run(
-            Command::new("docker").args(["exec", &lab.container(s), "ss", "-ltnH"]),
-            Duration::from_secs(30),
-        )
-        .ok(&format!("ss in {s}"));
+        let listening =
+            run(Command::new("docker").args(["exec", &lab.container(s), "ss", "-ltnH"]), Duration::from_secs(30))
+                .ok(&format!("ss in {s}"));
         // Loopback listeners (diagnostics, Docker's DNS) are out of reach by construction.
         ports.extend(listening.stdout.lines().filter_map(|l| {
             let (addr, port) = l.split_whitespace().nth(3)?.rsplit_once(':')?;
@@ -293,21 +310,18 @@ fn compose_lab_end_to_end() {
     assert_eq!(open.len(), 2, "the client cannot reach the root proxies and auth: {open:?}");
     let open = lab.probe("tunnel-agent", &["root-proxy:3024".into()]);
     assert_eq!(open.len(), 1, "the tunnel agent cannot reach the root proxies' tunnel port");
-    eprintln!("[compose e2e] {} leaf addresses x {} ports closed from {} root containers", leaf_ips.len(), ports.len(), ROOT_SERVICES.len());
+    eprintln!(
+        "[compose e2e] {} leaf addresses x {} ports closed from {} root containers",
+        leaf_ips.len(),
+        ports.len(),
+        ROOT_SERVICES.len()
+    );
     phase("isolation checked", t);
 
     // Both root proxies hold a tunnel from the leaf; stop one: new sessions still work.
     let t = Instant::now();
     for p in ["root-proxy-1", "root-proxy-2"] {
-        let id = lab.container(p);
-        portcullis_e2e::wait_for(&format!("a leaf tunnel on {p}"), Duration::from_secs(60), || {
-            let m = docker(&["exec", &id, "curl", "-fsS", "http://127.0.0.1:3000/metrics"]).stdout;
-            m.lines()
-                .filter(|l| l.starts_with("portcullis_proxy_tunnels{") && l.contains(LEAF))
-                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-                .any(|v| v >= 1.0)
-                .then_some(())
-        });
+        wait_tunnel(&lab, p, Duration::from_secs(60));
     }
     lab.compose(&["stop", "root-proxy-1"], Duration::from_secs(60)).ok("compose stop root-proxy-1");
     assert!(lab.inspect("root-proxy-1", "{{.State.Status}}").starts_with("exited"), "root-proxy-1 still runs");
@@ -324,6 +338,18 @@ fn compose_lab_end_to_end() {
         .ok("login and session after root-proxy-1 stopped");
     assert_eq!(fresh.stdout.trim(), "leaf-node-2");
     phase("sessions with root-proxy-1 stopped", t);
+
+    // Started again, root-proxy-1 gets a tunnel back within seconds and carries sessions alone.
+    let t = Instant::now();
+    lab.compose(&["start", "root-proxy-1"], Duration::from_secs(60)).ok("compose start root-proxy-1");
+    wait_tunnel(&lab, "root-proxy-1", Duration::from_secs(30));
+    phase("root-proxy-1 restarted with a tunnel", t);
+    lab.compose(&["stop", "root-proxy-2"], Duration::from_secs(60)).ok("compose stop root-proxy-2");
+    for node in ["leaf-node-1", "leaf-node-2"] {
+        let out = ssh_hostname(&lab, node);
+        assert_eq!(out.code, 0, "session to {node} with only the restarted root-proxy-1: {out:?}");
+        assert_eq!(out.stdout.trim(), node);
+    }
 
     // Everything goes: containers, networks, volumes.
     let t = Instant::now();

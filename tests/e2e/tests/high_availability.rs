@@ -95,6 +95,17 @@ fn three_proxies_failover_and_recovery() {
         eprintln!("round {round}: proxy {k} served the leaf again {:?} after restart", back.elapsed());
     }
 
+    // A graceful stop (SIGTERM: the proxy drains its agents) and a restart with the same
+    // identity: the agent comes back to it too.
+    proxies[1].proc.stop();
+    for j in [0, 2] {
+        assert_eq!(run(j).code, 0, "proxy {j} failed while proxy 1 was draining");
+    }
+    root.restart_proxy(&mut proxies[1]);
+    let back = Instant::now();
+    wait_for("proxy 1 back with a tunnel after SIGTERM", Duration::from_secs(30), || (run(1).code == 0).then_some(()));
+    eprintln!("after SIGTERM: proxy 1 served the leaf again {:?} after restart", back.elapsed());
+
     // Stop the agent: offline within the configured bound (6 s in tests, plus a report
     // interval); start it: online again.
     wait_for("leaf online", Duration::from_secs(20), || (leaf_status(&root) == "online").then_some(()));
