@@ -359,17 +359,17 @@ impl Auth for AuthService {
             .blocking(move |s| {
                 if !r.user_ssh_cert.is_empty() {
                     let checker = s.ssh_user_checker(&r.user_ssh_cert)?;
-                    return s.remote_clusters_for(Some(&checker));
+                    return s.remote_clusters_for(Some(&checker), &r.name);
                 }
                 if r.user_tls_cert.is_empty() {
                     if !caller.has_system_role(system_role::ADMIN) {
                         return Err(AuthError::bad("a proxy must name the user (user_tls_cert)"));
                     }
-                    return s.remote_clusters_for(None);
+                    return s.remote_clusters_for(None, &r.name);
                 }
                 let user = s.verify_user_tls(&r.user_tls_cert)?;
                 let checker = s.user_checker(&user)?;
-                s.remote_clusters_for(Some(&checker))
+                s.remote_clusters_for(Some(&checker), &r.name)
             })
             .await?;
         Ok(Response::new(resp))

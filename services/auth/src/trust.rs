@@ -207,9 +207,14 @@ impl AuthState {
     }
 
     /// Leaf clusters the user may see, by `cluster_labels`.
-    pub fn remote_clusters_for(&self, checker: Option<&AccessChecker>) -> Result<ListRemoteClustersResponse, AuthError> {
-        let clusters = self
-            .list_remote_clusters()?
+    pub fn remote_clusters_for(
+        &self,
+        checker: Option<&AccessChecker>,
+        only: &str,
+    ) -> Result<ListRemoteClustersResponse, AuthError> {
+        // One leaf is looked up directly: routing checks must not scan every leaf.
+        let all = if only.is_empty() { self.list_remote_clusters()? } else { self.get_remote_cluster(only)?.into_iter().collect() };
+        let clusters = all
             .into_iter()
             .filter(|rc| checker.is_none_or(|c| c.can_see_cluster(&rc.metadata.labels)))
             .map(|rc| PbRemoteCluster {

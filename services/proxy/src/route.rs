@@ -115,7 +115,11 @@ impl Router {
         if cluster.is_empty() || cluster == self.cluster_name {
             return Ok(());
         }
-        let req = portcullis_proto::auth::ListRemoteClustersRequest { user_ssh_cert: ssh_cert.to_string(), ..Default::default() };
+        let req = portcullis_proto::auth::ListRemoteClustersRequest {
+            user_ssh_cert: ssh_cert.to_string(),
+            name: cluster.to_string(),
+            ..Default::default()
+        };
         let mut auth = self.auth.clone();
         let visible = match auth_call(auth.list_remote_clusters(req)).await {
             Ok(resp) => resp.clusters.iter().any(|c| c.name == cluster),

@@ -84,7 +84,11 @@ pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
 /// are "not found", exactly like names that do not exist.
 pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Addr<LeafActor>, ApiError> {
     let resp = auth_call(
-        state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: user_tls_cert.to_vec(), ..Default::default() }),
+        state.auth().list_remote_clusters(ListRemoteClustersRequest {
+            user_tls_cert: user_tls_cert.to_vec(),
+            name: cluster.to_string(),
+            ..Default::default()
+        }),
     )
     .await?;
     if !resp.clusters.iter().any(|c| c.name == cluster) {
