@@ -3,7 +3,8 @@
 # trusted-clusters guide does, then prints the tsh commands to try. Ctrl-C stops everything.
 #   root cluster: auth + proxy          (root.lab.portcullis.local)
 #   leaf cluster: auth + proxy + tunnel agent + one node  (leaf.lab.portcullis.local)
-# Environment: LAB_DIR (default ./lab, wiped at start), LAB_BASE_PORT (default 4000).
+# Environment: LAB_DIR (default ./lab, wiped at start), LAB_BASE_PORT (default 4000),
+# LAB_BIN (a directory with prebuilt binaries, e.g. target/release: skips the debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAB_DIR=${LAB_DIR:-$PWD/lab}
@@ -20,9 +21,13 @@ else
   VISITOR=$(id -un)   # a non-root node runs sessions as its own user
 fi
 
-echo "building (the first time takes several minutes)..."
-cargo build --workspace --bins --quiet
-BIN=$PWD/target/debug
+if [ -n "${LAB_BIN:-}" ]; then
+  BIN=$(cd "$LAB_BIN" && pwd)
+else
+  echo "building (the first time takes several minutes)..."
+  cargo build --workspace --bins --quiet
+  BIN=$PWD/target/debug
+fi
 rm -rf "$LAB_DIR"; mkdir -p "$LAB_DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
