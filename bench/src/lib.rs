@@ -42,6 +42,13 @@ pub struct Options {
     /// Window over which the proxy's idle CPU is measured, in seconds.
     #[arg(long, default_value_t = 30)]
     pub cpu_secs: u64,
+    /// After the CPU window, keep watching the idle proxy's RSS this long (0: skip), to
+    /// see whether memory keeps growing while nothing happens.
+    #[arg(long, default_value_t = 120)]
+    pub soak_secs: u64,
+    /// Time between two RSS samples during the soak, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub soak_interval_secs: u64,
     /// Longest wait for all leaves to be online (after the ramp-up and after each restart), in seconds.
     #[arg(long, default_value_t = 300)]
     pub connect_timeout_secs: u64,

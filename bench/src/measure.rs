@@ -94,6 +94,51 @@ pub fn cpu_over(pids: &[u32], window: Duration) -> Result<Vec<CpuSample>, BenchE
         .collect())
 }
 
+/// RSS samples of an idle process over time.
+#[derive(Debug, Clone, Default)]
+pub struct Soak {
+    /// (seconds since the first sample, RSS in KiB).
+    pub samples: Vec<(f64, u64)>,
+}
+
+impl Soak {
+    /// Samples the RSS of `pid` every `interval` for `duration`.
+    pub fn watch(pid: u32, duration: Duration, interval: Duration) -> Result<Soak, BenchError> {
+        let start = Instant::now();
+        let mut samples = vec![(0.0, rss_kb(pid)?)];
+        while start.elapsed() + interval <= duration + Duration::from_millis(1) {
+            std::thread::sleep(interval);
+            samples.push((start.elapsed().as_secs_f64(), rss_kb(pid)?));
+        }
+        Ok(Soak { samples })
+    }
+
+    /// Least-squares slope in KiB per minute (0 with fewer than two samples).
+    pub fn slope_kib_per_min(&self) -> f64 {
+        let n = self.samples.len() as f64;
+        if self.samples.len() < 2 {
+            return 0.0;
+        }
+        let mx = self.samples.iter().map(|s| s.0).sum::<f64>() / n;
+        let my = self.samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+        let sxy: f64 = self.samples.iter().map(|s| (s.0 - mx) * (s.1 as f64 - my)).sum();
+        let sxx: f64 = self.samples.iter().map(|s| (s.0 - mx).powi(2)).sum();
+        if sxx == 0.0 { 0.0 } else { sxy / sxx * 60.0 }
+    }
+
+    pub fn span_secs(&self) -> f64 {
+        self.samples.last().map_or(0.0, |s| s.0)
+    }
+
+    /// Last sample minus first, in KiB.
+    pub fn change_kib(&self) -> i64 {
+        match (self.samples.first(), self.samples.last()) {
+            (Some(a), Some(b)) => b.1 as i64 - a.1 as i64,
+            _ => 0,
+        }
+    }
+}
+
 /// Latency statistics of a series of runs.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
@@ -277,6 +322,14 @@ mod tests {
         assert!((l.median() - 10.5).abs() < 1e-9);
         assert!((l.p95() - 19.0).abs() < 1e-9);
         assert!((l.min() - 1.0).abs() < 1e-9 && (l.max() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn soak_slope_is_per_minute() {
+        let soak = Soak { samples: vec![(0.0, 1000), (30.0, 1050), (60.0, 1100)] };
+        assert!((soak.slope_kib_per_min() - 100.0).abs() < 1e-9);
+        assert_eq!(soak.change_kib(), 100);
+        assert_eq!(Soak::default().slope_kib_per_min(), 0.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::measure::{CpuSample, Latency, Machine, ProxyLog};
+use crate::measure::{CpuSample, Latency, Machine, ProxyLog, Soak};
 use crate::{BenchError, Options};
 
 pub const START_MARKER: &str = "<!-- tunnel-scale:start -->";
@@ -68,10 +68,14 @@ pub struct Report {
     pub keygen: Duration,
     pub trust: Duration,
     pub ramp: Option<Duration>,
+    /// The idle proxy's RSS over time with every leaf connected.
+    pub soak: Option<Soak>,
     pub restarts: Vec<Restart>,
     pub bench_rss_per_agent_kb: Option<f64>,
     pub agents_ended: usize,
     pub proxy_logs: Vec<(u32, ProxyLog)>,
+    /// Why the run stopped before the end, if it did (the figures are then partial).
+    pub error: Option<String>,
 }
 
 fn git_commit() -> String {
@@ -111,10 +115,12 @@ impl Report {
             keygen: Duration::ZERO,
             trust: Duration::ZERO,
             ramp: None,
+            soak: None,
             restarts: Vec::new(),
             bench_rss_per_agent_kb: None,
             agents_ended: 0,
             proxy_logs: Vec::new(),
+            error: None,
         }
     }
 
@@ -149,6 +155,9 @@ impl Report {
             s,
             "Written by `scripts/bench-tunnels.sh` (binary `tunnel-scale`, crate `bench/`); rerunning it replaces this section.\n"
         );
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "**The run stopped early; the figures below are partial.** Error: `{}`\n", e.replace('`', "'").replace('\n', " "));
+        }
         let _ = writeln!(s, "- Run: {} at commit {}", self.date, self.commit);
         let _ = writeln!(s, "- Command: `{}` (binaries from `{}`)", self.command, self.opts.bin_dir.display());
         let _ = writeln!(
@@ -182,6 +191,15 @@ impl Report {
             self.per_tunnel_kib(),
             yes(self.memory_aim_met())
         );
+        if let Some(soak) = &self.soak {
+            let _ = writeln!(
+                s,
+                "| proxy RSS drift while idle, after the CPU window (least squares over {:.0} s) | | {:+.0} KiB/min ({:+} KiB) | | |",
+                soak.span_secs(),
+                soak.slope_kib_per_min(),
+                soak.change_kib()
+            );
+        }
         let _ = writeln!(
             s,
             "| proxy idle CPU over {} s (% of one core) | {:.2} | {:.2} | | |",
@@ -262,6 +280,10 @@ impl Report {
             "- Proxy RSS after the CPU window (KiB): 1 leaf {}; {n} leaves {}.",
             self.one.rss_after_cpu_kb, self.many.rss_after_cpu_kb
         );
+        if let Some(soak) = &self.soak {
+            let v: Vec<String> = soak.samples.iter().map(|(t, kb)| format!("{t:.0} s: {kb}")).collect();
+            let _ = writeln!(s, "- Idle proxy RSS with {n} leaves (KiB): {}.", v.join(", "));
+        }
         if let Some(kb) = self.bench_rss_per_agent_kb {
             let _ = writeln!(
                 s,

@@ -131,7 +131,13 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     }
     drop(leaf);
     drop(root);
-    result.map(|()| report)
+    // A failure with every leaf connected keeps what was measured until then: the figures
+    // (and the error) are worth recording, especially when the proxy misbehaves at scale.
+    if let Err(e) = result {
+        say(format!("the run stopped early: {e}"));
+        report.error = Some(e.to_string());
+    }
+    Ok(report)
 }
 
 /// On SIGINT or SIGTERM: kill every child, remove the working directory (unless kept)
@@ -181,6 +187,20 @@ fn measure_many(
         report.many.cpu.percent,
         report.per_tunnel_kib()
     ));
+    if opts.soak_secs > 0 {
+        let soak = measure::Soak::watch(
+            root.proxy_pid()?,
+            Duration::from_secs(opts.soak_secs),
+            Duration::from_secs(opts.soak_interval_secs.max(1)),
+        )?;
+        say(format!(
+            "{n} leaves, idle: proxy RSS changed by {} KiB in {:.0} s ({:.0} KiB/min)",
+            soak.change_kib(),
+            soak.span_secs(),
+            soak.slope_kib_per_min()
+        ));
+        report.soak = Some(soak);
+    }
     // A fresh login, as a user arriving now would: the profile then holds every leaf's host CA.
     tsh.login(&root.web_addr(), USER, PASSWORD)?;
     report.lat_n = latency(tsh, target, opts.latency_runs)?;
@@ -237,7 +257,10 @@ fn wait_online(
 ) -> Result<(), BenchError> {
     let mut last_err = None;
     let r = wait_for(what, timeout, || match root.auth.remote_clusters() {
-        Ok(rcs) => (count_online(&rcs, since) >= n).then_some(()),
+        Ok(rcs) => {
+            last_err = None;
+            (count_online(&rcs, since) >= n).then_some(())
+        }
         Err(e) => {
             last_err = Some(e);
             None

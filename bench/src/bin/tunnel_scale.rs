@@ -39,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         report.write_doc(&cli.doc)?;
         eprintln!("[tunnel-scale] wrote the figures to {}", cli.doc.display());
     }
+    if let Some(e) = &report.error {
+        anyhow::bail!("the benchmark stopped early (partial figures above): {e}");
+    }
     Ok(())
 }
 
