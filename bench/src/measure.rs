@@ -106,8 +106,11 @@ impl Soak {
     pub fn watch(pid: u32, duration: Duration, interval: Duration) -> Result<Soak, BenchError> {
         let start = Instant::now();
         let mut samples = vec![(0.0, rss_kb(pid)?)];
-        while start.elapsed() + interval <= duration + Duration::from_millis(1) {
-            std::thread::sleep(interval);
+        let rounds = duration.as_millis() / interval.as_millis().max(1);
+        for i in 1..=rounds {
+            // Sleep to the planned instant, so reading /proc does not make the window drift.
+            let at = interval * u32::try_from(i).unwrap_or(u32::MAX);
+            std::thread::sleep(at.saturating_sub(start.elapsed()));
             samples.push((start.elapsed().as_secs_f64(), rss_kb(pid)?));
         }
         Ok(Soak { samples })

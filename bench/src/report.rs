@@ -227,6 +227,9 @@ impl Report {
             LATENCY_TOLERANCE * 100.0,
             yes(self.latency_aim_met())
         );
+        let growth = self.latency_growth_ms();
+        let pct = if self.lat_1.median() > 0.0 { growth / self.lat_1.median() * 100.0 } else { 0.0 };
+        let _ = writeln!(s, "| same, growth of the median | | {growth:+.1} ms ({pct:+.0} %) | | |");
         let _ = writeln!(s, "| same, p95 (ms) | {:.1} | {:.1} | | |", self.lat_1.p95(), self.lat_n.p95());
         let _ = writeln!(s, "| machine load average (1 min) after the `tsh ssh` series | {:.2} | {:.2} | | |", self.lat_1.load, self.lat_n.load);
         let _ = writeln!(s, "| same, min / max (ms) | {:.1} / {:.1} | {:.1} / {:.1} | | |", self.lat_1.min(), self.lat_1.max(), self.lat_n.min(), self.lat_n.max());
@@ -257,6 +260,14 @@ impl Report {
             s.push('\n');
         }
         self.raw(&mut s);
+        let _ = writeln!(
+            s,
+            "Reading the figures: RSS is the proxy's resident memory (`VmRSS`), CPU is its utime+stime from \
+             `/proc/<pid>/stat`; `tsh ssh` times are wall-clock times of the whole `tsh` process (start-up, SSH to the \
+             proxy, tunnel dial, SSH to the node, `true`). The simulated agents and their fake auth share the machine \
+             (their CPU is the \"benchmark process\" row). The one failed TLS handshake per proxy start is the \
+             benchmark's own probe of the tunnel port.\n"
+        );
         let _ = writeln!(s, "{END_MARKER}");
         s
     }
