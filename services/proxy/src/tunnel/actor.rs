@@ -11,6 +11,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Messag
 use portcullis_proto::auth::Node;
 use portcullis_proto::tunnel::proxy_frame::Msg;
 use portcullis_proto::tunnel::{DialRequest, Drain, NodesAnswer, NodesQuery, ProxyFrame};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::stream::DialStream;
@@ -244,16 +245,34 @@ impl LeafActor {
         healthy.into_iter().chain(rest.into_iter().map(|(_, id)| id)).collect()
     }
 
-    /// Sends a frame on the first tunnel that takes it; (tunnel id, agent id).
-    fn dispatch(&mut self, frame: ProxyFrame) -> Result<(u64, String), TunnelError> {
+    /// Sends a frame on the first tunnel with room in its queue; (tunnel id, agent id, how).
+    /// When every live tunnel's queue is full (a burst of sessions starting at once), the
+    /// frame waits for room in the healthiest one instead of failing the request: a busy
+    /// tunnel is not an offline cluster.
+    fn dispatch(&mut self, frame: ProxyFrame) -> Result<(u64, String, Sent), TunnelError> {
+        let mut frame = frame;
+        let mut busy = None;
         for id in self.candidates() {
             let Some(t) = self.tunnels.get(&id) else { continue };
-            match t.tx.try_send(frame.clone()) {
-                Ok(()) => return Ok((id, t.agent_id.clone())),
-                Err(e) => tracing::debug!(leaf = %self.cluster, tunnel = id, "tunnel did not take a frame: {e}"),
+            match t.tx.try_send(frame) {
+                Ok(()) => return Ok((id, t.agent_id.clone(), Sent::Now)),
+                Err(TrySendError::Full(f)) => {
+                    frame = f;
+                    busy.get_or_insert(id);
+                }
+                Err(TrySendError::Closed(f)) => {
+                    frame = f;
+                    tracing::debug!(leaf = %self.cluster, tunnel = id, "tunnel closed before taking a frame");
+                }
             }
         }
-        Err(TunnelError::Offline(self.cluster.clone()))
+        match busy.and_then(|id| self.tunnels.get(&id).map(|t| (id, t))) {
+            Some((id, t)) => {
+                tracing::debug!(leaf = %self.cluster, tunnel = id, "every tunnel's queue is full: the request waits for room");
+                Ok((id, t.agent_id.clone(), Sent::Later(t.tx.clone(), frame)))
+            }
+            None => Err(TunnelError::Offline(self.cluster.clone())),
+        }
     }
 
     fn next_id(&self) -> u64 {
@@ -332,9 +351,30 @@ impl Handler<TunnelDown> for LeafActor {
     }
 }
 
-/// Waits for an answer, turning a timeout or a dropped request into the matching error.
-async fn wait<T>(rx: oneshot::Receiver<Result<T, TunnelError>>, cluster: String, limit: Duration) -> Result<T, TunnelError> {
-    match tokio::time::timeout(limit, rx).await {
+/// Whether a request's frame is already queued on its tunnel.
+enum Sent {
+    Now,
+    /// Still to be queued on this (full) tunnel queue by the caller's future.
+    Later(mpsc::Sender<ProxyFrame>, ProxyFrame),
+}
+
+/// Queues the frame if it still waits for room, then waits for the answer; `limit` bounds
+/// both together. A timeout or a dropped request becomes the matching error.
+async fn wait<T>(
+    sent: Sent,
+    rx: oneshot::Receiver<Result<T, TunnelError>>,
+    cluster: String,
+    limit: Duration,
+) -> Result<T, TunnelError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    if let Sent::Later(tx, frame) = sent {
+        match tokio::time::timeout_at(deadline, tx.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(TunnelError::Closed(cluster)),
+            Err(_) => return Err(TunnelError::Timeout { cluster, secs: limit.as_secs() }),
+        }
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(TunnelError::Closed(cluster)),
         Err(_) => Err(TunnelError::Timeout { cluster, secs: limit.as_secs() }),
@@ -354,14 +394,14 @@ impl Handler<Dial> for LeafActor {
                 trace: msg.trace,
             })),
         };
-        let (tunnel_id, agent_id) = match self.dispatch(frame) {
+        let (tunnel_id, agent_id, sent) = match self.dispatch(frame) {
             Ok(t) => t,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         tracing::debug!(leaf = %self.cluster, dial_id, tunnel = tunnel_id, host = %msg.host, port = msg.port, user = %msg.user, "dial request sent");
         let (reply, rx) = oneshot::channel();
         self.dials.insert(dial_id, PendingDial { tunnel_id, agent_id, reply });
-        Box::pin(wait(rx, self.cluster.clone(), self.deps.timings.answer_timeout))
+        Box::pin(wait(sent, rx, self.cluster.clone(), self.deps.timings.answer_timeout))
     }
 }
 
@@ -403,13 +443,13 @@ impl Handler<ListNodes> for LeafActor {
                 labels: msg.labels.into_iter().collect(),
             })),
         };
-        let tunnel_id = match self.dispatch(frame) {
-            Ok((t, _)) => t,
+        let (tunnel_id, sent) = match self.dispatch(frame) {
+            Ok((t, _, sent)) => (t, sent),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let (reply, rx) = oneshot::channel();
         self.queries.insert(request_id, PendingQuery { tunnel_id, reply: QueryReply::Nodes(reply) });
-        Box::pin(wait(rx, self.cluster.clone(), self.deps.timings.answer_timeout))
+        Box::pin(wait(sent, rx, self.cluster.clone(), self.deps.timings.answer_timeout))
     }
 }
 
@@ -426,13 +466,13 @@ impl Handler<Authorize> for LeafActor {
                 remote_addr: msg.remote_addr,
             })),
         };
-        let tunnel_id = match self.dispatch(frame) {
-            Ok((t, _)) => t,
+        let (tunnel_id, sent) = match self.dispatch(frame) {
+            Ok((t, _, sent)) => (t, sent),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let (reply, rx) = oneshot::channel();
         self.queries.insert(request_id, PendingQuery { tunnel_id, reply: QueryReply::Authorize(reply) });
-        Box::pin(wait(rx, self.cluster.clone(), self.deps.timings.answer_timeout))
+        Box::pin(wait(sent, rx, self.cluster.clone(), self.deps.timings.answer_timeout))
     }
 }
 

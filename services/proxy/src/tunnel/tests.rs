@@ -313,3 +313,38 @@ async fn removing_trust_drains_the_leafs_tunnels() {
     // And it cannot come back without trust.
     assert!(env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", "127.0.0.1:1")).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_dials_larger_than_the_tunnel_queue_all_get_through() {
+    // More sessions start at once than a tunnel's frame queue holds: they wait for room
+    // instead of being told the cluster is offline.
+    const BURST: usize = 300;
+    let echo = echo_server().await;
+    let env = env(Timings::default()).await;
+    let _agent = env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", &echo)).await.unwrap();
+    eventually("the leaf actor", || env.hub.leaf(LEAF).is_some()).await;
+    let router = Arc::new(env.router());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..BURST {
+        let router = router.clone();
+        tasks.spawn(async move {
+            let conn = router.dial(LEAF, "node-1", 0, "alice").await.map_err(|e| e.to_string())?;
+            let mut s = conn.stream;
+            let msg = format!("ping {i}");
+            s.write_all(msg.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got).await.map_err(|e| e.to_string())?;
+            if got != msg.as_bytes() {
+                return Err(format!("echo mismatch for {msg}"));
+            }
+            Ok::<(), String>(())
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.unwrap() {
+            errors.push(e);
+        }
+    }
+    assert!(errors.is_empty(), "{} of {BURST} dials failed, first: {:?}", errors.len(), errors.first());
+}
