@@ -105,6 +105,7 @@ pub fn ssh_config(id: &Identity) -> Result<russh::server::Config, NodeError> {
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
         nodelay: true,
+        preferred: portcullis_pki::transport::preferred(),
         ..Default::default()
     })
 }

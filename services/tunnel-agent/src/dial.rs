@@ -25,7 +25,7 @@ pub const AUTH_HOST: &str = "@auth";
 /// Longest wait for a TCP connection to a leaf node, and for the proxy to take the stream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the node per chunk.
-const READ_SIZE: usize = 32 * 1024;
+const READ_SIZE: usize = 64 * 1024;
 /// Chunks queued towards the proxy; HTTP/2 flow control does the rest.
 const CHUNK_QUEUE: usize = 16;
 /// After one direction ended, how long the other may take to follow.

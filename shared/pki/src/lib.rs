@@ -5,6 +5,7 @@ pub mod error;
 pub mod identity;
 pub mod secret;
 pub mod ssh;
+pub mod transport;
 pub mod x509;
 
 pub use error::PkiError;

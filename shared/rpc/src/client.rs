@@ -88,6 +88,9 @@ fn endpoint(addr: &str) -> Result<Endpoint, RpcError> {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_timeout(Duration::from_secs(10))
+                // Tunnel chunks are up to 64 KiB: let each travel as one HTTP/2 frame
+                // (the default is 16 KiB).
+                .max_frame_size(crate::MAX_FRAME_SIZE)
         })
         .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })
 }

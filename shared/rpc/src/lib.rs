@@ -11,6 +11,10 @@ mod traced;
 pub mod verify;
 
 pub use client::{ClientTls, Trust, connect, connect_lazy};
+
+/// Largest HTTP/2 frame a Portcullis gRPC endpoint accepts: one 64 KiB tunnel chunk plus its
+/// framing fits in one frame.
+pub const MAX_FRAME_SIZE: u32 = 128 * 1024;
 pub use peer::peer_identity;
 /// The gRPC channel every client uses: tonic's, plus trace-context propagation.
 pub use traced::TracedChannel as Channel;

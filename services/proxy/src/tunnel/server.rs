@@ -96,6 +96,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
+        .max_frame_size(portcullis_rpc::MAX_FRAME_SIZE)
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
         .await

@@ -1,5 +1,5 @@
 //! `DialStream`: one tunnelled connection as a byte stream. Reads come from the agent's
-//! inbound `Dial` chunks; writes go out as 32 KiB chunks through the gRPC response stream.
+//! inbound `Dial` chunks; writes go out as chunks of up to 64 KiB through the gRPC response stream.
 //! Shutting down (or dropping) ends the response stream, which the agent reads as EOF and
 //! answers by closing its TCP connection; the agent ending its stream reads as EOF here.
 
@@ -17,7 +17,7 @@ use tokio::sync::mpsc::OwnedPermit;
 use tonic::Status;
 
 /// Largest payload of one outgoing chunk.
-pub const CHUNK_SIZE: usize = 32 * 1024;
+pub const CHUNK_SIZE: usize = 64 * 1024;
 
 type Outbound = mpsc::Sender<Result<Chunk, Status>>;
 type Inbound = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
