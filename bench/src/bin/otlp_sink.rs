@@ -54,7 +54,9 @@ async fn main() -> anyhow::Result<()> {
     // The benchmark script reads this line to learn the port.
     println!("listening on {addr}");
     let counter = Counter::default();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Like a real collector (Go sets TCP_NODELAY by default), so tsh's flush is not
+    // held up by Nagle and delayed ACKs here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let shutdown = async move {

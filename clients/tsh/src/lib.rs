@@ -38,6 +38,9 @@ use crate::cli::{Command, GlobalArgs};
 use crate::http::{ClientCert, TlsTrust, WebClient};
 use crate::profile::{Credentials, Profile, Store, normalize_proxy, split_host_port};
 
+/// How long tsh waits at exit for its spans to reach the OTLP collector.
+const TRACE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Parses `args` (program name first), runs the command and returns the process exit code.
 /// Errors are printed as `ERROR: ...` on standard error.
 pub async fn run<I, T>(args: I) -> i32
@@ -74,8 +77,14 @@ where
             1
         }
     };
-    // The spans must leave before the process does.
-    telemetry.shutdown_async().await;
+    // The spans must leave before the process does, but a collector that does not answer
+    // must not hold up every command.
+    if !telemetry.shutdown_within(TRACE_FLUSH_LIMIT).await {
+        eprintln!(
+            "WARNING: traces were not exported within {} ms: is the OTLP collector reachable?",
+            TRACE_FLUSH_LIMIT.as_millis()
+        );
+    }
     code
 }
 

@@ -23,7 +23,7 @@ use portcullis_config::AuthSettings;
 use portcullis_proto::auth::auth_server::AuthServer;
 use portcullis_storage::SledBackend;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use error::AuthError;
 pub use state::AuthState;
@@ -94,9 +94,10 @@ pub async fn run_with_diag(
     probes.ready.set_ready();
     let result = tonic::transport::Server::builder()
         .tls_config(tls)?
-        .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // tonic ignores `Server::tcp_nodelay` for a listener handed in: set it here, or
+        // small answers can wait for delayed ACKs.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     sweeper.abort();
     state.backend.flush()?;

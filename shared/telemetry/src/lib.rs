@@ -74,6 +74,16 @@ impl Telemetry {
         }
     }
 
+    /// [`Telemetry::shutdown_async`], but gives up after `limit`: a short-lived client must not
+    /// hang on an unreachable collector (the exporter retries with backoff for most of a
+    /// second). Returns false when the spans may not have left.
+    pub async fn shutdown_within(self, limit: std::time::Duration) -> bool {
+        if self.provider.is_none() {
+            return true;
+        }
+        tokio::time::timeout(limit, tokio::task::spawn_blocking(move || self.shutdown())).await.is_ok()
+    }
+
     /// Flushes and stops the exporter. Blocking: call it last, off the async threads.
     pub fn shutdown(self) {
         if let Some(p) = self.provider {
