@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Tunnel chunks as `Bytes`: decoding slices the received buffer instead of copying it.
+    tonic_prost_build::configure().bytes(".portcullis.tunnel.v1.Chunk.data").compile_fds(fds)?;
     Ok(())
 }

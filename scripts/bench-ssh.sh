@@ -2,7 +2,8 @@
 # Portcullis against OpenSSH on this machine (issue 7), in one run:
 #   latency     `tsh ssh --cluster=leaf visitor@leaf-node true` (and a root-cluster node) vs
 #               `ssh -J bastion target true`: median and p99 (hyperfine)
-#   throughput  BENCH_BYTES (default 1G) up and down through tsh, `ssh -J`, and plain `ssh target`
+#   throughput  BENCH_BYTES (default 1G) up and down through tsh, `ssh -J`, and plain `ssh target`,
+#               BENCH_XFER_ROUNDS (default 3) interleaved rounds, median reported
 #   concurrency BENCH_CONCURRENCY (default 200) simultaneous `tsh ssh ... echo x`: p50/p99, errors
 #   memory      root proxy VmRSS idle and with BENCH_OPEN_SESSIONS (default 50) open sessions
 #   tracing     median leaf latency with every lab process and tsh exporting OTLP to a sink
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 BYTES_SPEC=${BENCH_BYTES:-1G}
 RUNS=${BENCH_RUNS:-100}
+XFER_ROUNDS=${BENCH_XFER_ROUNDS:-3}
 CONC=${BENCH_CONCURRENCY:-200}
 OPEN=${BENCH_OPEN_SESSIONS:-50}
 TRACE_RUNS=${BENCH_TRACE_RUNS:-50}
@@ -221,9 +223,9 @@ latency() { # key command...   -> R[key.med] R[key.p99] in ms
     R[$key.med]=fail; R[$key.p99]=fail
   fi
 }
-xfer() { # key up|down command...   -> R[key] in MiB/s (connection setup included)
+xfer() { # key up|down command...   -> appends MiB/s to R[key.all] (connection setup included)
   local key=$1 dir=$2 t0 t1 got rc; shift 2
-  log "throughput: $key ($BYTES_SPEC)..."
+  log "throughput: $key ($BYTES_SPEC, round $ROUND of $XFER_ROUNDS)..."
   t0=$(date +%s%N)
   set +e
   if [ "$dir" = up ]; then
@@ -235,12 +237,18 @@ xfer() { # key up|down command...   -> R[key] in MiB/s (connection setup include
   t1=$(date +%s%N)
   got=$(echo "$got" | tr -d ' \n')
   if [ "$rc" = 0 ] && [ "$got" = "$NBYTES" ]; then
-    R[$key]=$(awk -v b="$NBYTES" -v ns=$((t1 - t0)) 'BEGIN{printf "%.1f", b / 1048576 / (ns / 1e9)}')
-    R[$key.s]=$(awk -v ns=$((t1 - t0)) 'BEGIN{printf "%.1f", ns / 1e9}')
+    R[$key.all]="${R[$key.all]:-} $(awk -v b="$NBYTES" -v ns=$((t1 - t0)) 'BEGIN{printf "%.1f", b / 1048576 / (ns / 1e9)}')"
   else
     log "$key failed (rc $rc, $got of $NBYTES bytes): $(head -c 300 "$WORK/xfer-$key.err")"
-    R[$key]=fail; R[$key.s]=-
+    R[$key.fail]=1
   fi
+}
+# xfer_summary key: R[key] = median MiB/s of the rounds (or "fail"), R[key.s] = seconds at that rate.
+xfer_summary() {
+  local key=$1
+  if [ -n "${R[$key.fail]:-}" ] || [ -z "${R[$key.all]:-}" ]; then R[$key]=fail; R[$key.s]=-; return; fi
+  R[$key]=$(echo "${R[$key.all]}" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END{ if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+  R[$key.s]=$(awk -v b="$NBYTES" -v r="${R[$key]}" 'BEGIN{printf "%.1f", b / 1048576 / r}')
 }
 concurrency() { # CONC simultaneous `tsh ssh leaf echo x`
   local d=$WORK/conc i pids=()
@@ -301,13 +309,17 @@ latency tsh_leaf "${TSH_LEAF[*]} true"
 latency ssh_j "${SSH_J[*]} true"
 latency ssh_t "${SSH_T[*]} true"
 latency ssh_jc "${SSH_JC[*]} true"
-xfer up_tsh up "${TSH_LEAF[@]}"
-xfer up_sshj up "${SSH_J[@]}"
-xfer up_ssh up "${SSH_T[@]}"
-xfer down_tsh down "${TSH_LEAF[@]}"
-xfer down_sshj down "${SSH_J[@]}"
-xfer down_ssh down "${SSH_T[@]}"
-[ "$ROOT_NODE_OK" = 1 ] && { xfer up_tshroot up "${TSH_ROOT[@]}"; xfer down_tshroot down "${TSH_ROOT[@]}"; }
+# Rounds interleave the paths, so a burst of other work on the machine hits all of them.
+for ROUND in $(seq 1 "$XFER_ROUNDS"); do
+  xfer up_tsh up "${TSH_LEAF[@]}"
+  xfer up_sshj up "${SSH_J[@]}"
+  xfer up_ssh up "${SSH_T[@]}"
+  xfer down_tsh down "${TSH_LEAF[@]}"
+  xfer down_sshj down "${SSH_J[@]}"
+  xfer down_ssh down "${SSH_T[@]}"
+  [ "$ROOT_NODE_OK" = 1 ] && { xfer up_tshroot up "${TSH_ROOT[@]}"; xfer down_tshroot down "${TSH_ROOT[@]}"; }
+done
+for k in up_tsh up_sshj up_ssh down_tsh down_sshj down_ssh up_tshroot down_tshroot; do xfer_summary "$k"; done
 memory
 concurrency
 stop_lab
@@ -396,7 +408,8 @@ $ROOT_XFER
 | \`ssh -J bastion target\` | $(ms up_sshj) | $(ms down_sshj) | 1.00 / 1.00 |
 | \`ssh target\` (reference ceiling) | $(ms up_ssh) | $(ms down_ssh) | $(ratio "${R[up_ssh]}" "${R[up_sshj]}") / $(ratio "${R[down_ssh]}" "${R[down_sshj]}") |
 
-Seconds per transfer (up/down): tsh $(ms up_tsh.s)/$(ms down_tsh.s), ssh -J $(ms up_sshj.s)/$(ms down_sshj.s), ssh $(ms up_ssh.s)/$(ms down_ssh.s).
+Median of $XFER_ROUNDS interleaved rounds. Seconds per transfer at the median (up/down): tsh $(ms up_tsh.s)/$(ms down_tsh.s), ssh -J $(ms up_sshj.s)/$(ms down_sshj.s), ssh $(ms up_ssh.s)/$(ms down_ssh.s).
+Every round (MiB/s): tsh up${R[up_tsh.all]}, down${R[down_tsh.all]}; ssh -J up${R[up_sshj.all]}, down${R[down_sshj.all]}; ssh up${R[up_ssh.all]}, down${R[down_ssh.all]}${R[up_tshroot.all]:+; tsh root-cluster node up${R[up_tshroot.all]}, down${R[down_tshroot.all]}}.
 
 ### Concurrency and memory
 

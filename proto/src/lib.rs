@@ -19,3 +19,5 @@ pub mod portcullis {
 pub use portcullis::auth::v1 as auth;
 /// The reverse-tunnel protocol between tunnel agents and root proxies, version 1.
 pub use portcullis::tunnel::v1 as tunnel;
+/// The byte buffer type of tunnel chunks (`Chunk.data`).
+pub use prost::bytes::{Bytes, BytesMut};

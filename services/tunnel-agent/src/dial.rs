@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_proto::auth::{AuditEventRequest, ListNodesRequest, ResolveNodeRequest};
+use portcullis_proto::{Bytes, BytesMut};
 use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::tunnel_client::TunnelClient;
 use portcullis_proto::tunnel::{AgentFrame, Chunk, DialFailed, DialRequest, NodesAnswer, NodesQuery};
@@ -92,7 +93,7 @@ async fn serve_traced(
     tracing::Span::current().record("outcome", "ok");
     let (out_tx, out_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     // An empty first chunk makes the stream reach the proxy at once.
-    let _ = out_tx.send(Chunk { data: Vec::new() }).await;
+    let _ = out_tx.send(Chunk { data: Bytes::new() }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
     if let Ok(v) = req.dial_id.to_string().parse() {
         request.metadata_mut().insert(DIAL_ID_HEADER, v);
@@ -175,12 +176,17 @@ async fn refuse(
 async fn pipe(tcp: TcpStream, out: mpsc::Sender<Chunk>, mut inbound: Streaming<Chunk>) {
     let (mut rd, mut wr) = tcp.into_split();
     let up = async move {
-        let mut buf = vec![0u8; READ_SIZE];
+        // Read into one growing buffer and hand each read out as a frozen slice of it: no
+        // copy per chunk here (the buffer is reallocated once the chunks in flight pin it).
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
         loop {
-            match rd.read(&mut buf).await {
+            if buf.capacity() < READ_SIZE / 2 {
+                buf.reserve(READ_SIZE);
+            }
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.send(Chunk { data: buf[..n].to_vec() }).await.is_err() {
+                Ok(_) => {
+                    if out.send(Chunk { data: buf.split().freeze() }).await.is_err() {
                         break;
                     }
                 }

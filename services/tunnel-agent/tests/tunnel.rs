@@ -109,8 +109,8 @@ async fn dials_registered_nodes_and_pipes_bytes_both_ways() {
     p.send(dial(7, "web", 3022)).await;
     eventually("the dial stream", SOON, || p.dials.lock().unwrap().contains_key(&7)).await;
     let mut stream = p.take_dial(7).unwrap();
-    stream.tx.send(Ok(Chunk { data: b"hello ".to_vec() })).await.unwrap();
-    stream.tx.send(Ok(Chunk { data: b"world".to_vec() })).await.unwrap();
+    stream.tx.send(Ok(Chunk { data: portcullis_proto::Bytes::from_static(b"hello ") })).await.unwrap();
+    stream.tx.send(Ok(Chunk { data: portcullis_proto::Bytes::from_static(b"world") })).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 11 {
         let chunk = tokio::time::timeout(SOON, stream.inbound.message()).await.unwrap().unwrap().unwrap();

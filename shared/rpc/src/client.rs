@@ -100,7 +100,7 @@ fn connector(
 ) -> Result<
     impl tower::Service<
         Uri,
-        Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Response = TokioIo<tokio_rustls::client::TlsStream<crate::ReadBuffered>>,
         Error = std::io::Error,
         Future = impl Send,
     > + Clone
@@ -119,7 +119,7 @@ fn connector(
             let tcp = connect_any(host, port).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
+                .connect(name, crate::read_buffered(tcp))
                 .await
                 .map_err(|e| std::io::Error::other(format!("TLS handshake with {host}:{port} failed: {e}")))?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))

@@ -7,6 +7,7 @@ pub mod preamble;
 pub mod propagate;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -171,7 +172,11 @@ pub fn init(opts: Options) -> Telemetry {
         sev = opts.severity
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
-    let fmt = tracing_subscriber::fmt::layer().with_target(true);
+    // Colour only on a terminal (log files and `docker logs` get plain text), and never
+    // with NO_COLOR set (https://no-color.org).
+    let terminal = if opts.stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer().with_target(true).with_ansi(colour);
     let fmt: Box<dyn Layer<_> + Send + Sync> = match (opts.json, opts.stdout) {
         (true, true) => fmt.json().with_writer(std::io::stdout).boxed(),
         (true, false) => fmt.json().with_writer(std::io::stderr).boxed(),

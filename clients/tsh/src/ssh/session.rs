@@ -64,7 +64,8 @@ pub async fn run<H: Handler>(handle: &Handle<H>, opts: &SessionOptions) -> Resul
         let w = writer.clone();
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 16 * 1024];
+            // 64 KiB: bulk input (`tsh ssh node cmd < file`) goes out in fewer, fuller packets.
+            let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {

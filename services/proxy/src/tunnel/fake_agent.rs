@@ -170,7 +170,7 @@ pub async fn bridge(mut client: TunnelClient<Channel>, dial_id: u64, target: Str
             match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if up_tx.send(Chunk { data: buf[..n].to_vec() }).await.is_err() {
+                    if up_tx.send(Chunk { data: portcullis_proto::Bytes::copy_from_slice(&buf[..n]) }).await.is_err() {
                         break;
                     }
                 }

@@ -13,7 +13,7 @@ use portcullis_proto::tunnel::proxy_frame::Msg as ProxyMsg;
 use portcullis_proto::tunnel::tunnel_server::{Tunnel, TunnelServer};
 use portcullis_proto::tunnel::{AgentFrame, Chunk, Heartbeat, ProxyFrame, ProxySet, Welcome};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -41,7 +41,7 @@ pub struct AgentPeer {
 
 /// A TLS connection from a verified agent.
 pub struct AgentConn {
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: tokio_rustls::server::TlsStream<portcullis_rpc::ReadBuffered>,
     peer: AgentPeer,
 }
 
@@ -121,7 +121,7 @@ async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor,
         let _ = tcp.set_nodelay(true);
         let (acceptor, conns) = (acceptor.clone(), conns.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(portcullis_rpc::read_buffered(tcp))).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => return tracing::info!(%remote_addr, "tunnel TLS handshake failed: {e}"),
                 Err(_) => return tracing::info!(%remote_addr, "tunnel TLS handshake timed out"),

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
+use portcullis_proto::Bytes;
 use portcullis_proto::tunnel::Chunk;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ type Reserve = Pin<Box<dyn Future<Output = Result<OwnedPermit<Result<Chunk, Stat
 pub struct DialStream {
     inbound: Inbound,
     /// Unread bytes of the last inbound chunk, from `pos`.
-    buf: Vec<u8>,
+    buf: Bytes,
     pos: usize,
     eof: bool,
     /// `None` after shutdown.
@@ -39,7 +40,7 @@ pub struct DialStream {
 impl DialStream {
     /// Joins the agent's chunks (`inbound`) and the sender feeding our response stream.
     pub fn new(inbound: impl Stream<Item = Result<Chunk, Status>> + Send + 'static, outbound: Outbound) -> Self {
-        DialStream { inbound: Box::pin(inbound), buf: Vec::new(), pos: 0, eof: false, outbound: Some(outbound), reserving: None }
+        DialStream { inbound: Box::pin(inbound), buf: Bytes::new(), pos: 0, eof: false, outbound: Some(outbound), reserving: None }
     }
 }
 
@@ -94,7 +95,7 @@ impl AsyncWrite for DialStream {
         match slot {
             Ok(permit) => {
                 let n = data.len().min(CHUNK_SIZE);
-                permit.send(Ok(Chunk { data: data[..n].to_vec() }));
+                permit.send(Ok(Chunk { data: Bytes::copy_from_slice(&data[..n]) }));
                 Poll::Ready(Ok(n))
             }
             Err(_) => Poll::Ready(Err(closed())),
@@ -128,8 +129,8 @@ mod tests {
         let mut s = DialStream::new(ReceiverStream::new(in_rx), out_tx);
         let mut out = ReceiverStream::new(out_rx);
 
-        in_tx.send(Ok(Chunk { data: b"hello ".to_vec() })).await.unwrap();
-        in_tx.send(Ok(Chunk { data: b"world".to_vec() })).await.unwrap();
+        in_tx.send(Ok(Chunk { data: Bytes::from_static(b"hello ") })).await.unwrap();
+        in_tx.send(Ok(Chunk { data: Bytes::from_static(b"world") })).await.unwrap();
         drop(in_tx);
         let mut got = String::new();
         s.read_to_string(&mut got).await.unwrap();
