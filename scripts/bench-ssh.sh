@@ -455,4 +455,24 @@ if [ -z "${BENCH_NO_DOC:-}" ]; then
     { printf '\n<!-- ssh-bench:start -->\n'; cat "$WORK/section.md"; printf '<!-- ssh-bench:end -->\n'; } >> "$DOC"
   fi
   log "refreshed the ssh-bench section of $DOC"
+  README=$REPO/README.md
+  if grep -q '<!-- bench-headline:start -->' "$README"; then
+    cat > "$WORK/headline.md" <<MD
+Recorded $(date -u +"%Y-%m-%d") on $(nproc) cores, commit $GIT_REV (ratios to \`ssh -J\`, higher is better for throughput,
+lower for latency):
+
+| | Portcullis | \`ssh -J\` | ratio | target | |
+| --- | ---: | ---: | ---: | --- | --- |
+| upload 1 GiB (MiB/s) | $(ms up_tsh) | $(ms up_sshj) | $UP_RATIO | ≥ 1 | $(met "$(awk -v u="$UP_RATIO" 'BEGIN{print (u != "-" && u >= 1) ? 1 : 0}')") |
+| download 1 GiB (MiB/s) | $(ms down_tsh) | $(ms down_sshj) | $DOWN_RATIO | ≥ 1 | $(met "$(awk -v d="$DOWN_RATIO" 'BEGIN{print (d != "-" && d >= 1) ? 1 : 0}')") |
+| connection latency, median (ms) | $(ms tsh_leaf.med) | $(ms ssh_j.med) | $LAT_RATIO | ≤ 1.2 | $(met "$lat_ok") |
+| errors among $CONC concurrent sessions | ${R[conc.err]} | | | 0 | $(met "$conc_ok") |
+MD
+    awk -v f="$WORK/headline.md" '
+      /<!-- bench-headline:start -->/ { print; while ((getline l < f) > 0) print l; skip = 1; next }
+      /<!-- bench-headline:end -->/ { skip = 0 }
+      !skip { print }' "$README" > "$WORK/readme.new"
+    cat "$WORK/readme.new" > "$README"
+    log "refreshed the headline ratios in $README"
+  fi
 fi

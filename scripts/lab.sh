@@ -53,6 +53,9 @@ YAML
 }
 tctl() { local name=$1; shift; "$BIN/tctl" -c "$LAB_DIR/$name-auth.yaml" "$@"; }
 token() { tctl "$1" tokens add --type="$2" --ttl=10m --format=json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p'; }
+# The cluster CA pin, so joins check the auth service they reach instead of trusting it on
+# first use.
+pin() { tctl "$1" status | sed -n 's/^CA pin *//p'; }
 proxy() { # name authport web ssh tunnel
   cat > "$LAB_DIR/$1-proxy.yaml" <<YAML
 version: v3
@@ -61,6 +64,7 @@ teleport:
   data_dir: $LAB_DIR/$1/proxy
   auth_server: 127.0.0.1:$2
   auth_token: $(token "$1" proxy)
+  ca_pin: $(pin "$1")
 proxy_service:
   web_listen_addr: 127.0.0.1:$3
   listen_addr: 127.0.0.1:$4
@@ -82,13 +86,14 @@ teleport:
   data_dir: $LAB_DIR/leaf/node
   auth_server: 127.0.0.1:$L_AUTH
   auth_token: $(token leaf node)
+  ca_pin: $(pin leaf)
 ssh_service:
   listen_addr: 127.0.0.1:$L_NODE
   labels: {env: lab}
 YAML
 start leaf-node "$BIN/portcullis-node" start -c "$LAB_DIR/leaf-node.yaml"
 start leaf-agent "$BIN/portcullis-tunnel-agent" start --token="$(token leaf proxy)" \
-  --auth-server=127.0.0.1:$L_AUTH --data-dir="$LAB_DIR/leaf/agent" --nodename=leaf-agent --insecure
+  --auth-server=127.0.0.1:$L_AUTH --data-dir="$LAB_DIR/leaf/agent" --nodename=leaf-agent --ca-pin="$(pin leaf)"
 wait_port "$L_NODE"
 
 # Step 1: the visitor role on the leaf.
