@@ -94,5 +94,19 @@ fn one_trace_follows_a_leaf_session_and_refusals_carry_the_reason() {
     });
     assert!(failing.0.status_message.contains("nobody-allowed"), "tsh span: {:?}", failing.0);
     assert!(failing.1.status_message.contains("nobody-allowed"), "node span: {:?}", failing.1);
+
+    // A collector that is not there: the session still runs and tsh says its spans may be
+    // lost, instead of failing or hanging on the exporter's retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    set_child_env("OTEL_EXPORTER_OTLP_ENDPOINT", &gone);
+    let lost = tsh.run(&["ssh", "--trace", &format!("--cluster={LEAF}"), &target, "echo", "untraced"]).ok();
+    assert_eq!(lost.stdout, "untraced\n");
+    assert!(
+        lost.stderr.contains("traces were not exported") || lost.stderr.contains("flushing traces failed"),
+        "tsh did not say its spans were lost: {}",
+        lost.stderr
+    );
     let _ = &mut root;
 }
