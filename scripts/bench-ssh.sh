@@ -4,7 +4,12 @@
 #               `ssh -J bastion target true`: median and p99 (hyperfine)
 #   throughput  BENCH_BYTES (default 1G) up and down through tsh, `ssh -J`, and plain `ssh target`,
 #               BENCH_XFER_ROUNDS (default 3) interleaved rounds, median reported
-#   concurrency BENCH_CONCURRENCY (default 200) simultaneous `tsh ssh ... echo x`: p50/p99, errors
+#   concurrency BENCH_CONCURRENCY (default 200) sessions at once: `tsh ssh ... echo x` started
+#               together (p50/p99, errors), then as many open `tsh ssh ... cat` sessions echoing a
+#               line all at once (concurrent-echo, bench crate; the same with `ssh -J` for
+#               comparison): round trip p50/p99, errors, proxy RSS per open session
+#   tunnels     proxy RSS per idle tunnel: tunnel-scale with BENCH_TUNNEL_LEAVES (default 100)
+#               simulated leaves, no restarts (BENCH_NO_TUNNELS=1 skips it)
 #   memory      root proxy VmRSS idle and with BENCH_OPEN_SESSIONS (default 50) open sessions
 #   tracing     median leaf latency with every lab process and tsh exporting OTLP to a sink
 # It installs OpenSSH and hyperfine from Debian when missing, builds the release binaries if
@@ -55,9 +60,12 @@ if [ "$missing" = 1 ] || [ -n "${BENCH_REBUILD:-}" ]; then
   log "building the release binaries (the first time takes ~15 minutes on 2 cores)..."
   cargo build --release --workspace --bins >&2
 fi
-if [ -z "${BENCH_NO_TRACE:-}" ] && { [ ! -x "$REL/otlp-sink" ] || [ -n "${BENCH_REBUILD:-}" ]; }; then
-  cargo build --release -p portcullis-bench --bin otlp-sink >&2
-fi
+for b in otlp-sink concurrent-echo tunnel-scale; do
+  if [ ! -x "$REL/$b" ] || [ -n "${BENCH_REBUILD:-}" ]; then
+    cargo build --release -p portcullis-bench --bins >&2
+    break
+  fi
+done
 TSH=$REL/tsh
 
 # --- process bookkeeping --------------------------------------------------------------------
@@ -275,6 +283,37 @@ concurrency() { # CONC simultaneous `tsh ssh leaf echo x`
     R[conc.errsample]=$(cat "$d"/*.err | sort | uniq -c | sort -rn | head -3 | tr '\n' ';' | cut -c1-300)
   fi
 }
+echo_rtt() { # key pid-to-watch command... : CONC open sessions echoing at once -> R[key.*]
+  local key=$1 watch=$2 out=$WORK/echo-$1; shift 2
+  log "echo round trips: $CONC open sessions ($key)..."
+  "$REL/concurrent-echo" --sessions "$CONC" --rounds 10 --hold-secs 4 -- "$@" >"$out.json" 2>"$out.log" &
+  local pid=$!
+  for _ in $(seq 1 1800); do grep -q 'sessions opened' "$out.log" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if [ -n "$watch" ] && grep -q 'sessions opened' "$out.log"; then
+    sleep 3   # the rounds take well under a second; read while every session is still open
+    R[$key.rss]=$(rss_kb "$watch")
+  fi
+  if wait "$pid" && [ -s "$out.json" ]; then
+    for f in opened errors setup_p50_ms setup_p99_ms rtt_p50_ms rtt_p99_ms rtt_max_ms; do
+      R[$key.$f]=$(jq -r ".$f | if type == \"number\" then (. * 10 | round / 10) else . end" "$out.json")
+    done
+    R[$key.errsample]=$(jq -r '.error_samples | map("\(.[0]) × \(.[1])") | join("; ")' "$out.json" | cut -c1-300)
+  else
+    log "concurrent-echo ($key) failed; see below"; tail -5 "$out.log" >&2
+    R[$key.errors]=fail
+  fi
+}
+tunnels() { # proxy RSS per idle tunnel, from tunnel-scale with BENCH_TUNNEL_LEAVES leaves
+  local leaves=${BENCH_TUNNEL_LEAVES:-100}
+  log "tunnels: tunnel-scale with $leaves simulated leaves (about two minutes)..."
+  if "$REL/tunnel-scale" --bin-dir "$REL" --leaves "$leaves" --no-restart --no-doc \
+      --latency-runs 5 --cpu-secs 5 --soak-secs 0 >"$WORK/tunnel-scale.md" 2>"$WORK/tunnel-scale.log"; then
+    R[tun.per]=$(sed -n 's/^| proxy memory per idle tunnel[^|]*| *| *\([0-9.]* KiB\).*/\1/p' "$WORK/tunnel-scale.md")
+    R[tun.leaves]=$leaves
+  else
+    log "tunnel-scale failed; see below"; tail -5 "$WORK/tunnel-scale.log" >&2
+  fi
+}
 memory() { # proxy RSS idle vs OPEN open sessions
   local d=$WORK/mem i n pids=()
   mkdir -p "$d"
@@ -322,7 +361,13 @@ done
 for k in up_tsh up_sshj up_ssh down_tsh down_sshj down_ssh up_tshroot down_tshroot; do xfer_summary "$k"; done
 memory
 concurrency
+echo_rtt echo_tsh "$PROXY_PID" "$TSH" ssh --cluster=$LEAF visitor@leaf-node cat
+R[echo_tsh.per]=$(awk -v a="${R[mem.idle]}" -v b="${R[echo_tsh.rss]:-}" -v n="${R[echo_tsh.opened]:-0}" 'BEGIN{ if (b != "" && n > 0) printf "%.0f", (b - a) / n; else print "-" }')
 stop_lab
+# OpenSSH through the same number of open sessions (curve25519 key exchange, to keep 2 × $CONC
+# handshakes from taking minutes).
+echo_rtt echo_sshj "" ssh -F "$WORK/ssh/ssh_config_c25519" -J bastion target cat
+[ -z "${BENCH_NO_TUNNELS:-}" ] && tunnels
 
 if [ -z "${BENCH_NO_TRACE:-}" ]; then
 bg_group "$WORK/sink.log" "$REL/otlp-sink"
@@ -352,7 +397,7 @@ DOWN_RATIO=$(ratio "${R[down_tsh]}" "${R[down_sshj]}")
 met() { [ "$1" = 1 ] && echo "**met**" || echo "**not met**"; }
 lat_ok=$(awk -v r="$LAT_RATIO" 'BEGIN{print (r != "-" && r <= 1.2) ? 1 : 0}')
 thr_ok=$(awk -v u="$UP_RATIO" -v d="$DOWN_RATIO" 'BEGIN{print (u != "-" && d != "-" && u >= 1 && d >= 1) ? 1 : 0}')
-conc_ok=$([ "${R[conc.err]}" = 0 ] && echo 1 || echo 0)
+conc_ok=$([ "${R[conc.err]}" = 0 ] && [ "${R[echo_tsh.errors]}" = 0 ] && echo 1 || echo 0)
 TRACE_RATIO=$(ratio "${R[traced_leaf.med]}" "${R[tsh_leaf.med]}")
 if [ "$ROOT_NODE_OK" = 1 ]; then
   ROOT_ROW="| \`tsh ssh visitor@root-node true\` (root cluster, via root proxy) | $(ms tsh_root.med) | $(ms tsh_root.p99) | $(ratio "${R[tsh_root.med]}" "${R[ssh_j.med]}") |"
@@ -415,15 +460,24 @@ Every round (MiB/s): tsh up${R[up_tsh.all]}, down${R[down_tsh.all]}; ssh -J up${
 
 | measure | value |
 | --- | ---: |
-| $CONC concurrent \`tsh ssh --cluster=leaf ... echo x\`: round trip p50 / p99 / max (ms) | ${R[conc.p50]} / ${R[conc.p99]} / ${R[conc.max]} |
-| errors among $CONC | ${R[conc.err]} |
+| $CONC \`tsh ssh --cluster=leaf ... echo x\` started at once: whole command p50 / p99 / max (ms) | ${R[conc.p50]} / ${R[conc.p99]} / ${R[conc.max]} |
+| errors among them | ${R[conc.err]} |
+| $CONC open \`tsh ssh --cluster=leaf ... cat\` sessions (one proxy, one tunnel), all echoing a line at once, 10 rounds: round trip p50 / p99 / max (ms) | ${R[echo_tsh.rtt_p50_ms]} / ${R[echo_tsh.rtt_p99_ms]} / ${R[echo_tsh.rtt_max_ms]} |
+| same: sessions opened, errors; opening p50 / p99 (ms) | ${R[echo_tsh.opened]}, ${R[echo_tsh.errors]}; ${R[echo_tsh.setup_p50_ms]} / ${R[echo_tsh.setup_p99_ms]} |
+| same through \`ssh -J bastion target cat\` (curve25519): round trip p50 / p99 / max (ms) | ${R[echo_sshj.rtt_p50_ms]} / ${R[echo_sshj.rtt_p99_ms]} / ${R[echo_sshj.rtt_max_ms]} |
+| same: sessions opened, errors; opening p50 / p99 (ms) | ${R[echo_sshj.opened]}, ${R[echo_sshj.errors]}; ${R[echo_sshj.setup_p50_ms]} / ${R[echo_sshj.setup_p99_ms]} |
+| root proxy VmRSS with the ${R[echo_tsh.opened]} echo sessions open (kB); per open session (kB) | ${R[echo_tsh.rss]}; ${R[echo_tsh.per]} |
+| root proxy memory per idle tunnel (tunnel-scale, ${R[tun.leaves]:-?} simulated leaves) | ${R[tun.per]:-skipped} |
 | root proxy VmRSS, idle with one leaf tunnel (kB) | ${R[mem.idle]} |
 | root proxy VmRSS with ${R[mem.open_n]} open leaf sessions (kB) | ${R[mem.open]} |
 | per open session (kB) | ${R[mem.per]} |
 | root proxy VmRSS after those sessions closed (kB) | ${R[mem.after]} |
 
-Per idle tunnel: see the tunnel-scale section (RSS with 1 and with hundreds of leaf tunnels).
-${R[conc.errsample]:+Most frequent errors: \`${R[conc.errsample]}\`}
+Per idle tunnel: \`tunnel-scale --leaves ${R[tun.leaves]:-N} --no-restart\` ((RSS with N leaves − RSS with 1) / (N − 1)); the
+tunnel-scale section has the 500-leaf run.
+${R[conc.errsample]:+Most frequent errors (starts): \`${R[conc.errsample]}\`}
+${R[echo_tsh.errsample]:+Most frequent errors (tsh echo): \`${R[echo_tsh.errsample]}\`}
+${R[echo_sshj.errsample]:+Most frequent errors (ssh -J echo): \`${R[echo_sshj.errsample]}\`}
 
 ### Tracing overhead
 
@@ -438,7 +492,7 @@ On / off: $TRACE_RATIO; the sink received ${R[spans]:-?} spans.
 
 - Throughput through root proxy and tunnel ≥ \`ssh -J\` (up $UP_RATIO, down $DOWN_RATIO): $(met "$thr_ok").
 - Connection latency ≤ 1.2 × \`ssh -J\` ($LAT_RATIO): $(met "$lat_ok").
-- No errors at $CONC concurrent sessions (${R[conc.err]} errors): $(met "$conc_ok").
+- No errors at $CONC concurrent sessions (${R[conc.err]} errors starting, ${R[echo_tsh.errors]} while echoing): $(met "$conc_ok").
 MD
 
 echo
@@ -466,7 +520,8 @@ lower for latency):
 | upload 1 GiB (MiB/s) | $(ms up_tsh) | $(ms up_sshj) | $UP_RATIO | ≥ 1 | $(met "$(awk -v u="$UP_RATIO" 'BEGIN{print (u != "-" && u >= 1) ? 1 : 0}')") |
 | download 1 GiB (MiB/s) | $(ms down_tsh) | $(ms down_sshj) | $DOWN_RATIO | ≥ 1 | $(met "$(awk -v d="$DOWN_RATIO" 'BEGIN{print (d != "-" && d >= 1) ? 1 : 0}')") |
 | connection latency, median (ms) | $(ms tsh_leaf.med) | $(ms ssh_j.med) | $LAT_RATIO | ≤ 1.2 | $(met "$lat_ok") |
-| errors among $CONC concurrent sessions | ${R[conc.err]} | | | 0 | $(met "$conc_ok") |
+| errors among $CONC concurrent sessions (starting / echoing) | ${R[conc.err]} / ${R[echo_tsh.errors]} | | | 0 | $(met "$conc_ok") |
+| echo round trip with $CONC sessions open, p50 / p99 (ms) | ${R[echo_tsh.rtt_p50_ms]} / ${R[echo_tsh.rtt_p99_ms]} | ${R[echo_sshj.rtt_p50_ms]} / ${R[echo_sshj.rtt_p99_ms]} | | | |
 MD
     awk -v f="$WORK/headline.md" '
       /<!-- bench-headline:start -->/ { print; while ((getline l < f) > 0) print l; skip = 1; next }

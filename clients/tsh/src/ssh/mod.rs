@@ -3,4 +3,5 @@
 pub mod client;
 pub mod route;
 pub mod session;
+pub mod subsystem_stream;
 pub mod tty;

@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 use russh::client::{Handle, Handler, Msg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use crate::error::TshError;
 use crate::ssh::client::SharedState;
+use crate::ssh::subsystem_stream::SubsystemStream;
 
 /// The byte stream to the node.
 pub enum NodeStream {
     Direct(Box<russh::ChannelStream<Msg>>),
-    /// A subsystem channel pumped through a pipe, so the proxy's error text (sent on stderr
-    /// when it cannot dial the node) is kept for the user.
-    Subsystem(DuplexStream),
+    /// A subsystem channel; the proxy's error text (sent on stderr when it cannot dial the
+    /// node) is kept for the user.
+    Subsystem(SubsystemStream),
 }
 
 /// Opens a `direct-tcpip` channel to `host:port` (port 0: the node's own).
@@ -104,53 +104,7 @@ pub async fn subsystem<H: Handler>(
         }
     }
 
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (mut from_node_side, mut to_node_side) = tokio::io::split(ours);
-    let (mut reader, writer) = channel.split();
-    let state = state.clone();
-    // Channel -> pipe; stderr text is the proxy's reason for a failed dial.
-    tokio::spawn(async move {
-        if to_node_side.write_all(&early).await.is_err() {
-            return;
-        }
-        let mut stderr = Vec::new();
-        while let Some(msg) = reader.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    let written = to_node_side.write_all(&data).await;
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::ExtendedData { data, .. } => {
-                    stderr.extend_from_slice(&data);
-                    let text = String::from_utf8_lossy(&stderr).trim().to_string();
-                    if let Ok(mut s) = state.lock() {
-                        s.open_failure = Some(text);
-                    }
-                }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        let _ = to_node_side.shutdown().await;
-    });
-    // Pipe -> channel.
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from_node_side.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = writer.eof().await;
-                    break;
-                }
-                Ok(n) => {
-                    if writer.data(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    Ok(NodeStream::Subsystem(theirs))
+    let (reader, writer) = channel.split();
+    let stream = SubsystemStream::new(reader, writer.make_writer(), early, state.clone());
+    Ok(NodeStream::Subsystem(stream))
 }
