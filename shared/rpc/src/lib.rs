@@ -13,13 +13,17 @@ pub mod verify;
 pub use client::{ClientTls, Trust, connect, connect_lazy};
 
 /// A TCP stream with a read buffer under TLS. rustls reads the socket 4 KiB at a time; with
-/// 64 KiB reads underneath, bulk streams (tunnelled sessions) cost a quarter of the `recv`
-/// calls. Writes pass straight through.
+/// reads of a whole TLS record (16 KiB and a little framing) underneath, bulk streams
+/// (tunnelled sessions) cost a quarter of the `recv` calls. Writes pass straight through.
 pub type ReadBuffered = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// Read buffer under TLS: one full TLS record. Not larger: the buffer is allocated (and
+/// zeroed) per connection, and a root proxy holds a connection per leaf tunnel.
+const TLS_READ_BUFFER: usize = 17 * 1024;
 
 /// Wraps `tcp` for TLS; see [`ReadBuffered`].
 pub fn read_buffered(tcp: tokio::net::TcpStream) -> ReadBuffered {
-    tokio::io::BufReader::with_capacity(64 * 1024, tcp)
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp)
 }
 
 /// Largest HTTP/2 frame a Portcullis gRPC endpoint accepts: one 64 KiB tunnel chunk plus its
