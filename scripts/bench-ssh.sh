@@ -408,7 +408,8 @@ fi
 SSH_VERSION=$(ssh -V 2>&1)
 PC_VERSION=$("$TSH" version 2>/dev/null | head -n1)
 GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || GIT_REV="$GIT_REV (with uncommitted changes)"
+# Only code counts: the benchmarks write docs/ and README.md themselves.
+git diff --quiet HEAD -- . ':!docs' ':!README.md' 2>/dev/null || GIT_REV="$GIT_REV (with uncommitted changes)"
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 MEM=$(awk '/^MemTotal/{printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 
