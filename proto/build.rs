@@ -6,6 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["."])?;
     // Tunnel chunks as `Bytes`: decoding slices the received buffer instead of copying it.
-    tonic_prost_build::configure().bytes(".portcullis.tunnel.v1.Chunk.data").compile_fds(fds)?;
+    // CertAuthorities is also the JSON shape of CAs in the web API (trusted-cluster
+    // validation, login answers): one definition for every side of that exchange.
+    tonic_prost_build::configure()
+        .bytes(".portcullis.tunnel.v1.Chunk.data")
+        .type_attribute(
+            ".portcullis.auth.v1.CertAuthorities",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use portcullis_pki::x509::{AUTH_SERVER_NAME, TlsCa, TlsCertRequest, generate_key, public_key_der, system_role};
 use portcullis_pki::{Identity, Secret, ssh::SshCa};
 use portcullis_proto::auth::auth_client::AuthClient;
+use portcullis_proto::auth::CertAuthorities;
 use portcullis_rpc::{ClientTls, Trust, connect_lazy};
 use serde::{Deserialize, Serialize};
 
@@ -65,28 +66,17 @@ pub fn make_leaves(prefix: &str, count: usize) -> Result<Vec<SimLeaf>, BenchErro
         .collect()
 }
 
-/// CAs on the wire, as `/webapi/trustedclusters/validate` takes and gives them.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct WireCas {
-    #[serde(default)]
-    tls_ca_pem: Vec<String>,
-    #[serde(default)]
-    ssh_user_ca: Vec<String>,
-    #[serde(default)]
-    ssh_host_ca: Vec<String>,
-}
-
 #[derive(Serialize)]
 struct ValidateRequest<'a> {
     token: &'a str,
     cluster_name: &'a str,
-    cas: WireCas,
+    cas: CertAuthorities,
 }
 
 #[derive(Deserialize)]
 struct ValidateResponse {
     cluster_name: String,
-    cas: WireCas,
+    cas: CertAuthorities,
 }
 
 /// An HTTPS client that accepts the root proxy's self-signed certificate (a leaf auth
@@ -140,7 +130,7 @@ async fn validate_one(client: &reqwest::Client, url: &str, token: &str, leaf: &S
     let body = ValidateRequest {
         token,
         cluster_name: &leaf.name,
-        cas: WireCas {
+        cas: CertAuthorities {
             tls_ca_pem: vec![leaf.tls_ca_pem.clone()],
             ssh_user_ca: vec![leaf.ssh_user_ca.clone()],
             ssh_host_ca: vec![leaf.ssh_host_ca.clone()],

@@ -35,14 +35,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.listen_addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-            let diag = match settings.common.diag_addr {
-                Some(a) => Some(
-                    tokio::net::TcpListener::bind(a)
-                        .await
-                        .with_context(|| format!("cannot listen for diagnostics on {a}"))?,
-                ),
-                None => None,
-            };
+            let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
             let result =
                 portcullis_auth::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
             telemetry.shutdown_async().await;

@@ -20,37 +20,15 @@ pub const MISCONFIGURED_TLS: &str = "the trusted cluster uses misconfigured HTTP
 pub struct ValidateRequest {
     pub token: String,
     pub cluster_name: String,
-    pub cas: WireCas,
+    /// The proto type doubles as the JSON shape.
+    pub cas: CertAuthorities,
 }
 
 /// Answer of `POST /webapi/trustedclusters/validate`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ValidateResponse {
     pub cluster_name: String,
-    pub cas: WireCas,
-}
-
-/// CAs on the wire (JSON).
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct WireCas {
-    #[serde(default)]
-    pub tls_ca_pem: Vec<String>,
-    #[serde(default)]
-    pub ssh_user_ca: Vec<String>,
-    #[serde(default)]
-    pub ssh_host_ca: Vec<String>,
-}
-
-impl From<CertAuthorities> for WireCas {
-    fn from(c: CertAuthorities) -> Self {
-        WireCas { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
-    }
-}
-
-impl From<WireCas> for CertAuthorities {
-    fn from(c: WireCas) -> Self {
-        CertAuthorities { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
-    }
+    pub cas: CertAuthorities,
 }
 
 #[derive(Deserialize)]
@@ -107,7 +85,7 @@ impl AuthState {
         let body = ValidateRequest {
             token: tc.spec.token.clone(),
             cluster_name: self.cluster_name.clone(),
-            cas: self.own_cas()?.into(),
+            cas: self.own_cas()?,
         };
         let url = format!("https://{addr}/webapi/trustedclusters/validate");
         tracing::debug!(%url, "asking the root cluster to trust this cluster");
@@ -139,7 +117,7 @@ impl AuthState {
                 answer.cluster_name, tc.metadata.name
             )));
         }
-        Ok(ClusterCas::from_proto(&answer.cas.into()))
+        Ok(ClusterCas::from_proto(&answer.cas))
     }
 
     /// `tctl create` of a trusted_cluster: establish trust first when it is new (or was

@@ -106,12 +106,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     let tunnel = tokio::net::TcpListener::bind(settings.tunnel_listen_addr)
         .await
         .with_context(|| format!("cannot listen for reverse tunnels on {}", settings.tunnel_listen_addr))?;
-    let diag = match settings.common.diag_addr {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen for diagnostics on {a}"))?,
-        ),
-        None => None,
-    };
+    let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
     let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel), diag };
     let result = run(settings, listeners, shutdown_signal()).await;
     telemetry.shutdown_async().await;

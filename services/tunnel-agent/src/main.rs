@@ -1,7 +1,6 @@
 //! `portcullis-tunnel-agent`: parses flags and runs the leaf-side reverse-tunnel agent.
 #![forbid(unsafe_code)]
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_config::{AgentSettings, CommonFlags};
 
@@ -39,14 +38,7 @@ async fn main() -> anyhow::Result<()> {
             let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "agent");
             let telemetry = portcullis_telemetry::init_service("portcullis-tunnel-agent", &settings.common, attrs);
             portcullis_rpc::install_crypto_provider();
-            let diag = match settings.common.diag_addr {
-                Some(a) => Some(
-                    tokio::net::TcpListener::bind(a)
-                        .await
-                        .with_context(|| format!("cannot listen for diagnostics on {a}"))?,
-                ),
-                None => None,
-            };
+            let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
             let result =
                 portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
             telemetry.shutdown_async().await;

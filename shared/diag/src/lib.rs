@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use health::{Heartbeat, Readiness};
 pub use metrics::{CONTENT_TYPE, Metrics};
-pub use server::{DiagServer, serve, spawn};
+pub use server::{DiagServer, bind, serve, spawn};
 
 /// Re-exported so services name metric types without depending on the crate themselves.
 pub use prometheus_client;

@@ -23,6 +23,16 @@ use crate::Diag;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const TEXT: &str = "text/plain; charset=utf-8";
 
+/// Binds the diagnostic listener when an address is configured (`diag_service.listen_addr`
+/// or `--diag-addr`); the error names the address.
+pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("cannot listen for diagnostics on {addr}: {e}"))),
+    }
+}
+
 /// Serves `diag` on `listener` until `shutdown` resolves; open connections are closed then.
 /// Accept errors (out of file descriptors) are logged and retried, never fatal.
 pub async fn serve(listener: TcpListener, diag: Diag, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {

@@ -190,7 +190,6 @@ impl client::Handler for HostCheck {
 pub fn config() -> Arc<client::Config> {
     let mut c = client::Config::default();
     c.preferred = portcullis_pki::transport::preferred();
-    c.nodelay = true;
     c.preferred.host_key_certificates = Cow::Borrowed(&[Algorithm::Ed25519]);
     Arc::new(c)
 }

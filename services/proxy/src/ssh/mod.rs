@@ -33,8 +33,8 @@ use subsystem::parse_proxy_subsystem;
 const CONNECT_FAILED: u32 = 2;
 /// SSH extended data type for stderr.
 const STDERR: u32 = 1;
-/// Copy buffer per direction of a piped session.
-const PIPE_BUFFER: usize = 64 * 1024;
+/// Copy buffer per direction of a piped session: one read fills at most one tunnel chunk.
+const PIPE_BUFFER: usize = crate::tunnel::stream::CHUNK_SIZE;
 
 /// The russh server settings: the identity's host key and certificate, public keys only.
 pub fn config(id: &Identity) -> Result<Config, ProxyError> {

@@ -8,7 +8,7 @@ use portcullis_proto::auth::{ListRemoteClustersRequest, ValidateTrustedClusterRe
 use serde::Deserialize;
 use serde_json::json;
 
-use super::handlers::{CasJson, peer_addr, require_cert};
+use super::handlers::{peer_addr, require_cert};
 use super::ApiError;
 use crate::route::{ClusterRoute, RouteError};
 use crate::state::{ProxyState, auth_call};
@@ -23,7 +23,7 @@ pub struct ValidateBody {
     token: Secret<String>,
     cluster_name: String,
     #[serde(default)]
-    cas: CasJson,
+    cas: portcullis_proto::auth::CertAuthorities,
 }
 
 /// `POST /webapi/trustedclusters/validate`: a leaf cluster asks to be trusted with an invite
@@ -38,7 +38,7 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
     let request = ValidateTrustedClusterRequest {
         token: body.token.expose().clone(),
         leaf_cluster_name: leaf.clone(),
-        leaf_cas: Some(body.cas.into()),
+        leaf_cas: Some(body.cas),
         remote_addr: remote_addr.clone(),
     };
     match auth_call(state.auth().validate_trusted_cluster(request)).await {
@@ -48,7 +48,7 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
             state.tunnels.want_refresh();
             Ok(HttpResponse::Ok().json(json!({
                 "cluster_name": resp.root_cluster_name,
-                "cas": CasJson::from(resp.root_cas.unwrap_or_default()),
+                "cas": resp.root_cas.unwrap_or_default(),
             })))
         }
         Err(s) => {

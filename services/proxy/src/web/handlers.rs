@@ -79,36 +79,14 @@ struct LoginRequest {
     cluster: String,
 }
 
-/// CAs as JSON, the same shape in login answers and trusted-cluster requests.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct CasJson {
-    #[serde(default)]
-    tls_ca_pem: Vec<String>,
-    #[serde(default)]
-    ssh_user_ca: Vec<String>,
-    #[serde(default)]
-    ssh_host_ca: Vec<String>,
-}
-
-impl From<CertAuthorities> for CasJson {
-    fn from(c: CertAuthorities) -> Self {
-        CasJson { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
-    }
-}
-
-impl From<CasJson> for CertAuthorities {
-    fn from(c: CasJson) -> Self {
-        CertAuthorities { tls_ca_pem: c.tls_ca_pem, ssh_user_ca: c.ssh_user_ca, ssh_host_ca: c.ssh_host_ca }
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct LoginResponse {
     username: String,
     cluster_name: String,
     ssh_cert: String,
     tls_cert_pem: String,
-    cas: CasJson,
+    /// The proto type doubles as the JSON shape of CAs.
+    cas: CertAuthorities,
 }
 
 pub(super) fn peer_addr(req: &HttpRequest) -> String {
@@ -148,7 +126,7 @@ async fn login(req: HttpRequest, state: State, body: web::Json<LoginRequest>) ->
         cluster_name: certs.cluster_name,
         ssh_cert: certs.ssh_cert,
         tls_cert_pem: certs.tls_cert_pem,
-        cas: certs.cas.unwrap_or_default().into(),
+        cas: certs.cas.unwrap_or_default(),
     }))
 }
 
