@@ -130,6 +130,14 @@ spec:
       local: ["visitor"]
 YAML
 tctl leaf create "$LAB_DIR/trusted_cluster.yaml"
+# The agent picks up the new trust on its next poll: announce the lab once the leaf's tunnel
+# is up, so the commands below work at once.
+for _ in $(seq 1 300); do
+  tctl root get rc 2>/dev/null | grep -q 'connection: online' && break
+  sleep 0.2
+done
+tctl root get rc 2>/dev/null | grep -q 'connection: online' \
+  || echo "warning: the leaf's tunnel is not up after 60 s; see $LAB_DIR/leaf-agent.log" >&2
 
 cat <<TXT
 
