@@ -31,9 +31,11 @@ if [ -n "${PORTCULLIS_JOIN_TOKEN_FILE:-}" ]; then
     mkdir -p "$dir" 2>/dev/null || true
     [ -w "$dir" ] || die "join token file $f is missing and $dir is not writable"
     # 32 random bytes, hex: a lab token made once per volume, never printed.
+    # 0600: the lab's services run as root, so only they read it.
     (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$f.tmp" && mv "$f.tmp" "$f")
-    chmod 0644 "$f"
   fi
+  # A token an older lab made 0644; a mounted Secret is read-only and left alone.
+  if [ -w "$f" ]; then chmod 600 "$f"; fi
   JOIN_TOKEN=$(tr -d ' \r\n' <"$f")
   [ -n "$JOIN_TOKEN" ] || die "join token file $f is empty"
   export JOIN_TOKEN

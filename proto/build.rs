@@ -8,12 +8,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Tunnel chunks as `Bytes`: decoding slices the received buffer instead of copying it.
     // CertAuthorities is also the JSON shape of CAs in the web API (trusted-cluster
     // validation, login answers): one definition for every side of that exchange.
+    let cas_json = "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]";
     tonic_prost_build::configure()
         .bytes(".portcullis.tunnel.v1.Chunk.data")
-        .type_attribute(
-            ".portcullis.auth.v1.CertAuthorities",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
-        )
+        .type_attribute(".portcullis.auth.v1.CertAuthorities", cas_json)
         .compile_fds(fds)?;
+    // The Auth service again, with default stubs (answering `unimplemented`), so the test
+    // doubles of the auth service need not grow a method for every call added later. Only
+    // Auth: stubs change how streaming calls (the tunnel's) are declared.
+    let auth_only = protox::compile([protos[0]], ["."])?;
+    tonic_prost_build::configure()
+        .generate_default_stubs(true)
+        .type_attribute(".portcullis.auth.v1.CertAuthorities", cas_json)
+        .compile_fds(auth_only)?;
     Ok(())
 }

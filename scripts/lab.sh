@@ -5,6 +5,8 @@
 #   leaf cluster: auth + proxy + tunnel agent + one node  (leaf.lab.portcullis.local)
 # Environment: LAB_DIR (default ./lab, wiped at start), LAB_BASE_PORT (default 4000),
 # LAB_BIN (a directory with prebuilt binaries, e.g. target/release: skips the debug build).
+# Join and invite tokens never appear in argv: they go to 0600 files under $LAB_DIR/secrets,
+# which configs and flags name by path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAB_DIR=${LAB_DIR:-$PWD/lab}
@@ -28,7 +30,12 @@ else
   cargo build --workspace --bins --quiet
   BIN=$PWD/target/debug
 fi
-rm -rf "$LAB_DIR"; mkdir -p "$LAB_DIR"
+rm -rf "$LAB_DIR"
+# Everything the lab writes (configs, token files, state) is private to this user.
+umask 077
+mkdir -p "$LAB_DIR/secrets"
+# Token files are named by absolute path (a relative one would be read as the token itself).
+LAB_DIR=$(cd "$LAB_DIR" && pwd)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -53,6 +60,8 @@ YAML
 }
 tctl() { local name=$1; shift; "$BIN/tctl" -c "$LAB_DIR/$name-auth.yaml" "$@"; }
 token() { tctl "$1" tokens add --type="$2" --ttl=10m --format=json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p'; }
+# A fresh join token in a 0600 file; prints the file's path. cluster type file-name
+token_file() { local f="$LAB_DIR/secrets/$3.token"; token "$1" "$2" > "$f"; [ -s "$f" ] || { echo "no $2 token from $1" >&2; exit 1; }; echo "$f"; }
 # The cluster CA pin, so joins check the auth service they reach instead of trusting it on
 # first use.
 pin() { tctl "$1" status | sed -n 's/^CA pin *//p'; }
@@ -63,7 +72,7 @@ teleport:
   nodename: $1-proxy
   data_dir: $LAB_DIR/$1/proxy
   auth_server: 127.0.0.1:$2
-  auth_token: $(token "$1" proxy)
+  auth_token: $(token_file "$1" proxy "$1-proxy")
   ca_pin: $(pin "$1")
 proxy_service:
   web_listen_addr: 127.0.0.1:$3
@@ -85,14 +94,16 @@ teleport:
   nodename: leaf-node
   data_dir: $LAB_DIR/leaf/node
   auth_server: 127.0.0.1:$L_AUTH
-  auth_token: $(token leaf node)
+  auth_token: $(token_file leaf node leaf-node)
   ca_pin: $(pin leaf)
 ssh_service:
   listen_addr: 127.0.0.1:$L_NODE
   labels: {env: lab}
 YAML
-start leaf-node "$BIN/portcullis-node" start -c "$LAB_DIR/leaf-node.yaml"
-start leaf-agent "$BIN/portcullis-tunnel-agent" start --token="$(token leaf proxy)" \
+# The node's sessions inherit its umask: give them the usual 022, not the lab's 077 (the
+# node keeps its own data_dir 0700 and its files 0600 regardless).
+start leaf-node bash -c 'umask 022; exec "$@"' leaf-node "$BIN/portcullis-node" start -c "$LAB_DIR/leaf-node.yaml"
+start leaf-agent "$BIN/portcullis-tunnel-agent" start --token="$(token_file leaf proxy leaf-agent)" \
   --auth-server=127.0.0.1:$L_AUTH --data-dir="$LAB_DIR/leaf/agent" --nodename=leaf-agent --ca-pin="$(pin leaf)"
 wait_port "$L_NODE"
 

@@ -49,7 +49,7 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     let login = unix_login("pcl-bench");
     root.auth.tctl(&["users", "add", USER, "--roles=access", &format!("--logins={login}")])?;
     root.auth.tctl_in(&["users", "set-password", USER], Some(&format!("{PASSWORD}\n")))?;
-    // One dynamic invite token serves the real leaf and every simulated one.
+    // The real leaf's invite token; each simulated leaf gets its own (a token registers one name).
     let token = root.auth.token("trusted_cluster", "30m")?;
     leaf.trust_root(&root, &login, &token)?;
     wait_online(&root, 1, None, Duration::from_secs(90), "the real leaf to come online")?;
@@ -69,8 +69,11 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     let t = Instant::now();
     let leaves = sim::make_leaves(SIM_PREFIX, sims)?;
     report.keygen = t.elapsed();
+    // An invite token registers one leaf name (issue 11): one token per simulated leaf,
+    // made in one `tctl create` before the timed part.
+    let sim_tokens = sim_tokens(&root, sims)?;
     let t = Instant::now();
-    let root_cas = rt.block_on(sim::establish_trust(&leaves, &root.web_addr(), &token, opts.trust_parallel))?;
+    let root_cas = rt.block_on(sim::establish_trust(&leaves, &root.web_addr(), &sim_tokens, opts.trust_parallel))?;
     report.trust = t.elapsed();
     say(format!("the root trusts {sims} simulated leaves ({:.1} s)", report.trust.as_secs_f64()));
     if root_cas.cluster_name != ROOT_NAME {
@@ -370,4 +373,21 @@ fn restart(root: &mut Root, opts: &Options, signal: &'static str) -> Result<Rest
         rss_after_kb: measure::rss_kb(pid).ok(),
         peak_rss_kb: measure::status_kb(pid, "VmHWM").ok(),
     })
+}
+
+/// `count` random invite tokens, created on the root with one `tctl create`.
+fn sim_tokens(root: &Root, count: usize) -> Result<Vec<String>, BenchError> {
+    let mut tokens = Vec::with_capacity(count);
+    let mut yaml = String::new();
+    for _ in 0..count {
+        let token = portcullis_pki::random_hex::<16>().map_err(|e| BenchError::Other(format!("making a token: {e}")))?;
+        yaml.push_str(&format!(
+            "---\nkind: token\nversion: v2\nmetadata:\n  name: {token}\nspec:\n  roles: [trusted_cluster]\n"
+        ));
+        tokens.push(token);
+    }
+    if count > 0 {
+        root.auth.create("sim-tokens.yaml", &yaml)?;
+    }
+    Ok(tokens)
 }

@@ -102,19 +102,22 @@ pub struct RootCas {
     pub tls_ca_pems: Vec<String>,
 }
 
-/// Asks the root to trust every leaf, `parallel` requests at a time, with one reusable
-/// `trusted_cluster` token.
+/// Asks the root to trust every leaf, `parallel` requests at a time, each with its own
+/// `trusted_cluster` token (`tokens[i]` for `leaves[i]`: a token registers one name).
 pub async fn establish_trust(
     leaves: &[SimLeaf],
     web_addr: &str,
-    token: &str,
+    tokens: &[String],
     parallel: usize,
 ) -> Result<RootCas, BenchError> {
     use futures::StreamExt;
     let client = https_client()?;
     let url = format!("https://{web_addr}/webapi/trustedclusters/validate");
-    let answers: Vec<Result<RootCas, BenchError>> = futures::stream::iter(leaves)
-        .map(|leaf| validate_one(&client, &url, token, leaf))
+    if tokens.len() < leaves.len() {
+        return Err(BenchError::Other(format!("{} tokens for {} simulated leaves", tokens.len(), leaves.len())));
+    }
+    let answers: Vec<Result<RootCas, BenchError>> = futures::stream::iter(leaves.iter().zip(tokens))
+        .map(|(leaf, token)| validate_one(&client, &url, token, leaf))
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;

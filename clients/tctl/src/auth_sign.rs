@@ -102,6 +102,7 @@ mod tests {
                 ssh_host_ca: vec!["host-ca".into()],
             }),
             cluster_name: String::new(),
+            ..Default::default()
         };
         let id = identity(certs, keys, "root");
         assert_eq!(id.cluster_name, "root");

@@ -153,10 +153,14 @@ pub enum UsersCmd {
     },
     /// Change a user's roles or logins.
     Update(UsersUpdateArgs),
-    /// List users.
+    /// List users (and who is locked after failed logins).
     Ls(FormatArg),
     /// Delete a user.
     Rm {
+        name: String,
+    },
+    /// Lift a user's lock after failed logins.
+    Unlock {
         name: String,
     },
 }

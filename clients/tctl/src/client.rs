@@ -183,6 +183,22 @@ impl AuthApi {
         let r = self.client.generate_user_certs(req).await.map_err(|s| self.err(&s))?;
         Ok(r.into_inner())
     }
+
+    /// Users locked now after failed logins; none from an auth service too old to lock users.
+    pub async fn list_user_locks(&mut self) -> Result<Vec<portcullis_proto::auth::UserLock>, TctlError> {
+        match self.client.list_user_locks(portcullis_proto::auth::ListUserLocksRequest {}).await {
+            Ok(r) => Ok(r.into_inner().locks),
+            Err(s) if s.code() == Code::Unimplemented => Ok(Vec::new()),
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// Lifts a user's lock; true when it was locked.
+    pub async fn unlock_user(&mut self, username: &str) -> Result<bool, TctlError> {
+        let req = portcullis_proto::auth::UnlockUserRequest { username: username.into() };
+        let r = self.client.unlock_user(req).await.map_err(|s| self.err(&s))?;
+        Ok(r.into_inner().was_locked)
+    }
 }
 
 #[cfg(test)]

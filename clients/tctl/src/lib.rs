@@ -79,6 +79,7 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), TctlEr
             UsersCmd::Update(a) => users::update(api, out, &a).await,
             UsersCmd::Ls(f) => users::ls(api, out, f.format).await,
             UsersCmd::Rm { name } => users::rm(api, out, &name).await,
+            UsersCmd::Unlock { name } => users::unlock(api, out, &name).await,
         },
         Command::Create(a) => resources::create(api, out, &documents, a.force).await,
         Command::Get(a) => resources::get(api, out, &a.reference, a.format).await,

@@ -49,10 +49,21 @@ fn roles(resources: &[Resource]) -> Table {
 }
 
 fn users(resources: &[Resource]) -> Table {
-    let mut t = Table::new(&["User", "Roles"]);
+    users_table(resources, &std::collections::BTreeMap::new())
+}
+
+/// `tctl users ls`: `User  Roles  Locked Until`, the last column empty unless failed logins
+/// locked the user.
+pub fn users_table(resources: &[Resource], locks: &std::collections::BTreeMap<String, OffsetDateTime>) -> Table {
+    let mut t = Table::new(&["User", "Roles", "Locked Until"]);
+    let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     for r in resources {
         if let Resource::User(u) = r {
-            t.push(vec![u.metadata.name.clone(), u.spec.roles.join(",")]);
+            let locked = locks
+                .get(&u.metadata.name)
+                .map(|t| t.to_offset(time::UtcOffset::UTC).format(fmt).unwrap_or_else(|_| t.unix_timestamp().to_string()))
+                .unwrap_or_default();
+            t.push(vec![u.metadata.name.clone(), u.spec.roles.join(","), locked]);
         }
     }
     t
@@ -228,6 +239,24 @@ static                           node,proxy             never
             out.lines().nth(2).unwrap(),
             "leaf.example.com online leaf         env=demo 2022-04-29 19:45:35 UTC"
         );
+    }
+
+    #[test]
+    fn users_table_shows_locks() {
+        let users: Vec<Resource> = vec![
+            User::new("alice", vec!["access".into()], Default::default()).into(),
+            User::new("bob", vec!["editor".into()], Default::default()).into(),
+        ];
+        let mut locks = std::collections::BTreeMap::new();
+        locks.insert("alice".to_string(), datetime!(2026-12-01 15:20:00 UTC));
+        // A locked name that is no user is not listed.
+        locks.insert("nobody".to_string(), datetime!(2026-12-01 15:20:00 UTC));
+        let out = users_table(&users, &locks).render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].trim_end(), "User  Roles  Locked Until");
+        assert_eq!(lines[2], "alice access 2026-12-01 15:20:00 UTC");
+        assert_eq!(lines[3].trim_end(), "bob   editor");
+        assert_eq!(lines.len(), 4, "{out}");
     }
 
     #[test]

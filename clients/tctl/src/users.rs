@@ -1,4 +1,4 @@
-//! `tctl users add|set-password|update|ls|rm`.
+//! `tctl users add|set-password|update|ls|rm|unlock`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -12,7 +12,7 @@ use crate::cli::{Format, UsersAddArgs, UsersUpdateArgs};
 use crate::client::AuthApi;
 use crate::error::TctlError;
 use crate::output::{json_array, split_list, yaml_documents};
-use crate::tables::{decode_all, resource_table};
+use crate::tables::{decode_all, users_table};
 use crate::write_out;
 
 /// Parses `--traits` values: `key=v1,v2` where an item without `=` adds a value to the
@@ -151,7 +151,15 @@ pub async fn update(api: &mut AuthApi, out: &mut dyn Write, args: &UsersUpdateAr
 pub async fn ls(api: &mut AuthApi, out: &mut dyn Write, format: Format) -> Result<(), TctlError> {
     let values = api.get_resources(Kind::User, None).await?;
     let text = match format {
-        Format::Text => resource_table(Kind::User, &decode_all(&values)?, OffsetDateTime::now_utc()),
+        Format::Text => {
+            let locks: BTreeMap<String, OffsetDateTime> = api
+                .list_user_locks()
+                .await?
+                .into_iter()
+                .filter_map(|l| OffsetDateTime::from_unix_timestamp(l.locked_until_unix).ok().map(|t| (l.username, t)))
+                .collect();
+            users_table(&decode_all(&values)?, &locks).render()
+        }
         Format::Yaml => yaml_documents(&values)?,
         Format::Json => json_array(&values)?,
     };
@@ -161,6 +169,16 @@ pub async fn ls(api: &mut AuthApi, out: &mut dyn Write, format: Format) -> Resul
 pub async fn rm(api: &mut AuthApi, out: &mut dyn Write, name: &str) -> Result<(), TctlError> {
     api.delete(Kind::User, name).await?;
     write_out(out, &format!("User \"{name}\" has been deleted\n"))
+}
+
+/// `tctl users unlock NAME`: lifts the lock failed logins put on a user.
+pub async fn unlock(api: &mut AuthApi, out: &mut dyn Write, name: &str) -> Result<(), TctlError> {
+    let text = if api.unlock_user(name).await? {
+        format!("User \"{name}\" has been unlocked.\n")
+    } else {
+        format!("User \"{name}\" was not locked; its failed logins have been forgotten.\n")
+    };
+    write_out(out, &text)
 }
 
 #[cfg(test)]

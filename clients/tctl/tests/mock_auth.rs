@@ -53,6 +53,7 @@ impl Auth for Svc {
             tls_cert_pem: "tls-cert".into(),
             cas: Some(CertAuthorities { tls_ca_pem: vec!["ca".into()], ..Default::default() }),
             cluster_name: "root".into(),
+            ..Default::default()
         }))
     }
     async fn set_password(&self, r: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {

@@ -399,6 +399,17 @@ pub struct LoginResponse {
     pub tls_cert_pem: String,
     #[serde(default)]
     pub cas: LoginCas,
+    /// Host CAs of the leaf clusters, each to be trusted for its own leaf's hosts only.
+    #[serde(default)]
+    pub leaf_host_cas: Vec<LeafHostCas>,
+}
+
+/// One leaf's SSH host CAs in the login answer.
+#[derive(Debug, Default, Deserialize)]
+pub struct LeafHostCas {
+    pub cluster_name: String,
+    #[serde(default)]
+    pub ssh_host_ca: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@
 //! | `keys/<proxy>/<user>-cert.pub` | SSH user certificate (one OpenSSH line) |
 //! | `keys/<proxy>/<user>-x509.pem`, `<user>-x509-key.pem` | TLS client certificate and key |
 //! | `keys/<proxy>/cas/<cluster>.pem` | the cluster TLS CA certificates |
-//! | `keys/<proxy>/cas/known_hosts` | `@cert-authority * <host CA>` lines |
+//! | `keys/<proxy>/cas/known_hosts` | `@cert-authority * <host CA>`, `@cert-authority *.<leaf> <leaf host CA>` |
 //!
 //! `<proxy>` is the proxy's host name without port ([`key_paths`] builds these paths). Plain
 //! OpenSSH can use them:

@@ -45,7 +45,8 @@ pub struct KeyPaths {
     pub tls_key: PathBuf,
     /// `keys/<proxy>/cas`: the cluster CAs.
     pub cas_dir: PathBuf,
-    /// `keys/<proxy>/cas/known_hosts`: `@cert-authority * <host CA>` lines.
+    /// `keys/<proxy>/cas/known_hosts`: `@cert-authority * <root host CA>` and
+    /// `@cert-authority *.<leaf> <leaf host CA>` lines (see [`known_hosts_text`]).
     pub known_hosts: PathBuf,
 }
 
@@ -175,7 +176,25 @@ pub struct Credentials {
     pub tls_cert_pem: String,
     pub tls_key_pem: Secret<String>,
     pub tls_ca_pems: Vec<String>,
+    /// Host CAs of the cluster logged in to (the proxy's own): they vouch for its hosts.
     pub ssh_host_cas: Vec<PublicKey>,
+    /// Host CAs of leaf clusters, by leaf name: each vouches for its own leaf's hosts only.
+    pub leaf_host_cas: Vec<(String, PublicKey)>,
+}
+
+impl Credentials {
+    /// The host CAs that may vouch for hosts of `cluster`, where `root` is the cluster
+    /// logged in to: that cluster's own CAs, never another's.
+    pub fn host_cas_for(&self, cluster: &str, root: &str) -> Vec<PublicKey> {
+        if cluster.is_empty() || cluster == root {
+            return self.ssh_host_cas.clone();
+        }
+        self.leaf_host_cas
+            .iter()
+            .filter(|(c, _)| c == cluster)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
 }
 
 /// The profile directory.
@@ -251,11 +270,7 @@ impl Store {
             cas.push('\n');
         }
         write_file(&p.tls_ca(&profile.cluster), cas.as_bytes())?;
-        let mut known = String::new();
-        for ca in &creds.ssh_host_cas {
-            let line = portcullis_pki::ssh::public_key_line(ca)?;
-            known.push_str(&format!("@cert-authority * {line}\n"));
-        }
+        let known = known_hosts_text(creds)?;
         write_file(&p.known_hosts, known.as_bytes())
     }
 
@@ -281,7 +296,7 @@ impl Store {
         for path in entries {
             tls_ca_pems.push(read(&path)?);
         }
-        let ssh_host_cas = parse_known_hosts(&read(&p.known_hosts)?)
+        let (ssh_host_cas, leaf_host_cas) = parse_known_hosts(&read(&p.known_hosts)?)
             .map_err(|e| TshError::profile(&p.known_hosts, e))?;
         Ok(Credentials {
             ssh_key,
@@ -290,6 +305,7 @@ impl Store {
             tls_key_pem,
             tls_ca_pems,
             ssh_host_cas,
+            leaf_host_cas,
         })
     }
 
@@ -327,13 +343,56 @@ impl Store {
     }
 }
 
-/// `@cert-authority * <key>` lines (other lines and comments are skipped).
-pub fn parse_known_hosts(text: &str) -> Result<Vec<PublicKey>, portcullis_pki::PkiError> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("@cert-authority"))
-        .map(portcullis_pki::ssh::parse_public_key)
-        .collect()
+/// The known_hosts file of a login, usable by OpenSSH as it is. The host CA of the cluster
+/// logged in to vouches for any name (`*`): OpenSSH via `ssh -J` knows a node only
+/// by the bare name the user typed, which cannot be tied to a cluster. A leaf's host CA
+/// vouches only for `*.<leaf>` names, so it can never pass for a host of the root or of
+/// another leaf; OpenSSH users reach a leaf node as `<node>.<leaf>` through `HostKeyAlias`
+/// (README, "Using it by hand").
+pub fn known_hosts_text(creds: &Credentials) -> Result<String, portcullis_pki::PkiError> {
+    let mut known = String::new();
+    for ca in &creds.ssh_host_cas {
+        let line = portcullis_pki::ssh::public_key_line(ca)?;
+        known.push_str(&format!("@cert-authority * {line}\n"));
+    }
+    for (leaf, ca) in &creds.leaf_host_cas {
+        // Names come from the root's auth, which accepts only DNS names; anything else
+        // could widen the pattern, so it is left out rather than written.
+        if portcullis_types::validate_cluster_name(leaf).is_err() {
+            continue;
+        }
+        let line = portcullis_pki::ssh::public_key_line(ca)?;
+        known.push_str(&format!("# Host CA of leaf cluster {leaf}: only <host>.{leaf}\n"));
+        known.push_str(&format!("@cert-authority *.{leaf} {line}\n"));
+    }
+    Ok(known)
+}
+
+/// Reads back [`known_hosts_text`]: the `*` CAs, and the `*.<leaf>` CAs with their leaf.
+/// Lines with any other host pattern vouch for nothing and are skipped, as are comments.
+#[allow(clippy::type_complexity)]
+pub fn parse_known_hosts(
+    text: &str,
+) -> Result<(Vec<PublicKey>, Vec<(String, PublicKey)>), portcullis_pki::PkiError> {
+    let mut root = Vec::new();
+    let mut leaves = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("@cert-authority") else {
+            continue;
+        };
+        let Some((pattern, key)) = rest.trim_start().split_once(char::is_whitespace) else {
+            continue;
+        };
+        let key = portcullis_pki::ssh::parse_public_key(key)?;
+        if pattern == "*" {
+            root.push(key);
+        } else if let Some(leaf) = pattern.strip_prefix("*.")
+            && portcullis_types::validate_cluster_name(leaf).is_ok()
+        {
+            leaves.push((leaf.to_string(), key));
+        }
+    }
+    Ok((root, leaves))
 }
 
 fn read(path: &Path) -> Result<String, TshError> {
@@ -398,6 +457,73 @@ mod tests {
         assert_eq!(normalize_proxy("127.0.0.1:443").unwrap(), "127.0.0.1:443");
         assert_eq!(join_host_port("::1", 3023), "[::1]:3023");
         assert!(normalize_proxy("").is_err());
+    }
+
+    fn creds_with(root_ca: &PublicKey, leaves: Vec<(String, PublicKey)>) -> Credentials {
+        let key = portcullis_pki::ssh::generate_key().unwrap();
+        let ca = portcullis_pki::ssh::SshCa::generate().unwrap();
+        let cert = ca
+            .sign_user_cert(&portcullis_pki::ssh::UserCertRequest {
+                public_key: key.public_key().clone(),
+                username: "alice".into(),
+                principals: vec!["alice".into()],
+                ttl: std::time::Duration::from_secs(60),
+                roles: vec![],
+                traits: Default::default(),
+                route_to_cluster: String::new(),
+                permit_port_forwarding: false,
+                permit_agent_forwarding: false,
+            })
+            .unwrap();
+        Credentials {
+            ssh_key: key,
+            ssh_cert: cert,
+            tls_cert_pem: String::new(),
+            tls_key_pem: Secret::new(String::new()),
+            tls_ca_pems: vec![],
+            ssh_host_cas: vec![root_ca.clone()],
+            leaf_host_cas: leaves,
+        }
+    }
+
+    #[test]
+    fn leaf_host_cas_are_scoped_to_their_leaf() {
+        let root_ca = portcullis_pki::ssh::generate_key().unwrap().public_key().clone();
+        let leaf_ca = portcullis_pki::ssh::generate_key().unwrap().public_key().clone();
+        let other_ca = portcullis_pki::ssh::generate_key().unwrap().public_key().clone();
+        let creds = creds_with(
+            &root_ca,
+            vec![
+                ("leaf.example.com".into(), leaf_ca.clone()),
+                ("other".into(), other_ca.clone()),
+                // Never written: a name that would widen the pattern.
+                ("evil/../x *".into(), other_ca.clone()),
+            ],
+        );
+        let text = known_hosts_text(&creds).unwrap();
+        let line = |k: &PublicKey| portcullis_pki::ssh::public_key_line(k).unwrap();
+        let ca_lines: Vec<&str> = text.lines().filter(|l| l.starts_with('@')).collect();
+        assert_eq!(
+            ca_lines,
+            [
+                format!("@cert-authority * {}", line(&root_ca)),
+                format!("@cert-authority *.leaf.example.com {}", line(&leaf_ca)),
+                format!("@cert-authority *.other {}", line(&other_ca)),
+            ],
+            "{text}"
+        );
+        // Read back with the same scopes; tsh's own checks use only the dialled cluster's.
+        let (root, leaves) = parse_known_hosts(&text).unwrap();
+        assert_eq!(root, std::slice::from_ref(&root_ca));
+        let back = Credentials { ssh_host_cas: root, leaf_host_cas: leaves, ..creds };
+        assert_eq!(back.host_cas_for("root.example.com", "root.example.com"), std::slice::from_ref(&root_ca));
+        assert_eq!(back.host_cas_for("", "root.example.com"), [root_ca]);
+        assert_eq!(back.host_cas_for("leaf.example.com", "root.example.com"), [leaf_ca]);
+        assert_eq!(back.host_cas_for("other", "root.example.com"), [other_ca]);
+        assert!(back.host_cas_for("nowhere", "root.example.com").is_empty());
+        // A foreign pattern vouches for nothing.
+        let (root, leaves) = parse_known_hosts(&format!("@cert-authority root-node {}\n", line(&back.ssh_host_cas[0]))).unwrap();
+        assert!(root.is_empty() && leaves.is_empty());
     }
 
     #[test]

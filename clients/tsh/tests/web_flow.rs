@@ -91,6 +91,10 @@ async fn login_ls_clusters_ssh_logout() {
         known.starts_with("@cert-authority * ssh-ed25519 "),
         "{known}"
     );
+    // The leaf's host CA is scoped to the leaf's names: it never vouches for `*`.
+    let ca_lines: Vec<&str> = known.lines().filter(|l| l.starts_with('@')).collect();
+    assert_eq!(ca_lines.len(), 2, "{known}");
+    assert!(ca_lines[1].starts_with("@cert-authority *.leaf ssh-ed25519 "), "{known}");
 
     // From now on the CA saved at login is trusted.
     let (code, out, err) = tsh_with(h, &["status", "-f", "json"], None, &[]).await;

@@ -1,6 +1,7 @@
 //! The audit log: JSON lines under `<data_dir>/log/events.log`.
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -16,15 +17,21 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
+    /// Opens (or creates) the log, private to the service's user: it names users, hosts and
+    /// addresses. A log an older version left world-readable is made 0600.
     pub fn open(data_dir: &Path, cluster: &str) -> Result<Self, AuthError> {
         let dir = data_dir.join("log");
-        std::fs::create_dir_all(&dir).map_err(|e| AuthError::io(format!("creating {}", dir.display()), e))?;
+        portcullis_pki::datadir::create_private_dir(&dir)
+            .map_err(|e| AuthError::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join("events.log");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(portcullis_pki::datadir::FILE_MODE)
             .open(&path)
             .map_err(|e| AuthError::io(format!("opening {}", path.display()), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(portcullis_pki::datadir::FILE_MODE))
+            .map_err(|e| AuthError::io(format!("restricting {}", path.display()), e))?;
         Ok(AuditLog { path, cluster: cluster.to_string(), file: Mutex::new(file) })
     }
 
@@ -79,4 +86,25 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_is_private_even_when_an_older_one_was_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let log = AuditLog::open(dir.path(), "c").unwrap();
+        log.emit("user.login", json!({"user": "alice"}));
+        let path = dir.path().join("log/events.log");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("log")), 0o700);
+        drop(log);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = AuditLog::open(dir.path(), "c").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(log.search("user.login", 0).unwrap().len(), 1);
+    }
 }

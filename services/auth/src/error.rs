@@ -21,6 +21,9 @@ pub enum AuthError {
     BadRequest(String),
     #[error("{0}")]
     NotImplemented(String),
+    /// Too many calls (a login flood, a per-address rate limit): refused before any work.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: std::time::Duration },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -58,6 +61,15 @@ impl From<AuthError> for Status {
             AuthError::AlreadyExists(m) => Status::already_exists(m.clone()),
             AuthError::BadRequest(m) => Status::invalid_argument(m.clone()),
             AuthError::NotImplemented(m) => Status::unimplemented(m.clone()),
+            AuthError::TooManyRequests { message, retry_after } => {
+                let mut st = Status::resource_exhausted(message.clone());
+                // Whole seconds, as HTTP's Retry-After.
+                let secs = portcullis_rpc::rate_limit::retry_after_secs(*retry_after);
+                if let Ok(v) = secs.to_string().parse() {
+                    st.metadata_mut().insert("retry-after", v);
+                }
+                st
+            }
             AuthError::Types(t) => Status::invalid_argument(t.to_string()),
             AuthError::Pki(p) => Status::invalid_argument(p.to_string()),
             AuthError::Storage(_)

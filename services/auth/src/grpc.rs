@@ -21,11 +21,14 @@ use crate::users::CertParams;
 #[derive(Clone)]
 pub struct AuthService {
     state: Arc<AuthState>,
+    /// Per peer address: `Join` is the one call anyone may make.
+    join_limiter: Arc<portcullis_rpc::rate_limit::AddrRateLimiter>,
 }
 
 impl AuthService {
     pub fn new(state: Arc<AuthState>) -> Self {
-        AuthService { state }
+        let join_limiter = Arc::new(portcullis_rpc::rate_limit::AddrRateLimiter::new(state.logins.join_rate_limit));
+        AuthService { state, join_limiter }
     }
 
     /// The caller's identity, which must belong to this cluster and hold one of `roles`.
@@ -73,6 +76,19 @@ fn ttl(secs: u64) -> Option<Duration> {
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        if let Some(ip) = req.remote_addr().map(|a| a.ip())
+            && let Err(wait) = self.join_limiter.check(ip)
+        {
+            tracing::warn!(%ip, "join refused: rate limit");
+            return Err(AuthError::TooManyRequests {
+                message: format!(
+                    "too many join requests from {ip}; try again in {}s",
+                    portcullis_rpc::rate_limit::retry_after_secs(wait)
+                ),
+                retry_after: wait,
+            }
+            .into());
+        }
         let addr = remote(&req);
         let r = req.into_inner();
         tracing::info!(role = %r.role, nodename = %r.nodename, %addr, "join request");
@@ -220,6 +236,9 @@ impl Auth for AuthService {
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "Heartbeat")?;
+        // Where the node is dialled and what it may be called come from the connection and
+        // the certificate, never from the request alone (see nodes.rs).
+        let seen = crate::nodes::Observed::new(req.remote_addr().map(|a| a.ip()), id.dns_names.clone());
         let r = req.into_inner();
         if id.name != r.host_id {
             return Err(Status::permission_denied(format!(
@@ -232,8 +251,8 @@ impl Auth for AuthService {
             return Err(Status::permission_denied(format!("a {wants_kind} may not announce itself as a {}", r.kind)));
         }
         let is_proxy = r.kind == "proxy";
-        self.blocking(move |s| s.heartbeat(&r)).await?;
-        let mut resp = HeartbeatResponse { cas: Some(self.state.cert_authorities()?), ..Default::default() };
+        let warnings = self.blocking(move |s| s.heartbeat(&r, &seen)).await?;
+        let mut resp = HeartbeatResponse { cas: Some(self.state.cert_authorities()?), warnings, ..Default::default() };
         if is_proxy {
             resp.leaf_cas = self.state.leaf_tls_cas()?;
             resp.proxies = self.state.live_proxies()?;
@@ -295,7 +314,11 @@ impl Auth for AuthService {
             .remove("event")
             .and_then(|e| e.as_str().map(str::to_string))
             .ok_or_else(|| Status::invalid_argument("audit event needs an \"event\" field"))?;
-        obj.insert("server_id".into(), serde_json::json!(id.name));
+        // A host writes only its own kinds of event, stamped with who it is.
+        if let Err(e) = crate::audit_policy::check_and_stamp(&id, &event, obj) {
+            tracing::warn!(sender = %id.name, event = %event, "audit event refused: {e}");
+            return Err(e.into());
+        }
         self.state.audit.emit(&event, v);
         Ok(Response::new(Empty {}))
     }
@@ -373,6 +396,30 @@ impl Auth for AuthService {
             })
             .await?;
         Ok(Response::new(resp))
+    }
+
+    async fn list_user_locks(&self, req: Request<ListUserLocksRequest>) -> Result<Response<ListUserLocksResponse>, Status> {
+        self.require(&req, &[system_role::ADMIN], "ListUserLocks")?;
+        let locks = self.blocking(|s| s.list_user_locks()).await?;
+        let locks = locks
+            .into_iter()
+            .map(|l| UserLock {
+                username: l.username,
+                locked_until_unix: l.locked_until.unix_timestamp(),
+                failures: l.failures,
+            })
+            .collect();
+        Ok(Response::new(ListUserLocksResponse { locks }))
+    }
+
+    async fn unlock_user(&self, req: Request<UnlockUserRequest>) -> Result<Response<UnlockUserResponse>, Status> {
+        let caller = self.require(&req, &[system_role::ADMIN], "UnlockUser")?;
+        let r = req.into_inner();
+        if r.username.trim().is_empty() {
+            return Err(Status::invalid_argument("the user name is empty"));
+        }
+        let was_locked = self.blocking(move |s| s.unlock_user(&r.username, &caller.name)).await?;
+        Ok(Response::new(UnlockUserResponse { was_locked }))
     }
 
     async fn list_trusted_clusters(

@@ -4,8 +4,11 @@
 
 pub mod access;
 pub mod audit;
+pub mod audit_policy;
 pub mod error;
 pub mod grpc;
+pub mod hashing;
+pub mod lockout;
 pub mod metrics;
 pub mod nodes;
 pub mod resources;
@@ -21,9 +24,7 @@ use std::time::Duration;
 
 use portcullis_config::AuthSettings;
 use portcullis_proto::auth::auth_server::AuthServer;
-use portcullis_storage::SledBackend;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use error::AuthError;
 pub use state::AuthState;
@@ -57,14 +58,15 @@ pub async fn run_with_diag(
     // Served from the start, so liveness probes answer while the state opens.
     let _diag_server = diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
     let data_dir = settings.common.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| AuthError::io(format!("creating data_dir {}", data_dir.display()), e))?;
-    let backend = SledBackend::open(&data_dir.join("backend"))?;
-    let state = Arc::new(AuthState::open(&settings, Arc::new(backend))?);
+    // CA keys and password hashes live there: whatever this process creates stays private.
+    portcullis_pki::datadir::restrict_umask();
+    let state = Arc::new(state::open_data_dir(&settings)?);
     state.write_admin_identity(&admin_identity_path(&data_dir))?;
     let (cert, key) = state.server_identity(&[settings.common.nodename.clone()])?;
     let ca = vec![state.tls_ca.cert_pem().to_string()];
-    let tls = portcullis_rpc::server::server_tls(&cert, key.expose(), &ca, &ca);
+    // The handshakes run here, under the handshake timeout, not in tonic (which has none).
+    let tls = portcullis_rpc::server::rustls_server_config(&cert, key.expose(), &ca, &ca)
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
 
     let sweeper = {
         let state = state.clone();
@@ -92,12 +94,25 @@ pub async fn run_with_diag(
     let service = metrics::Counted::new(service, counters);
     // The listener is bound already: connections queue until the server accepts them.
     probes.ready.set_ready();
+    let limits = settings.limits;
+    portcullis_net::raise_fd_limit();
+    // Every accepted socket gets TCP_NODELAY there (tonic's own setting does not apply to
+    // streams handed in, and small answers would wait for delayed ACKs), TCP keep-alives,
+    // and a place in the per-address and total caps until it closes.
+    let gated = portcullis_net::GatedListener::new(listener, portcullis_net::Gate::new("auth", limits));
+    let incoming = portcullis_net::tls_incoming(
+        gated,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        |tcp| tcp,
+        // Tonic reads the client certificates from the stream's connect info (peer_identity).
+        |tls, _, guard| Some(portcullis_net::Guarded::new(tls, guard)),
+    );
     let result = tonic::transport::Server::builder()
-        .tls_config(tls)?
+        // Dead peers holding HTTP/2 connections are dropped after an unanswered ping.
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_interval))
         .add_service(service)
-        // tonic ignores `Server::tcp_nodelay` for a listener handed in: set it here, or
-        // small answers can wait for delayed ACKs.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     sweeper.abort();
     state.backend.flush()?;

@@ -28,6 +28,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Configure => print!("{}", portcullis_config::sample::sample("auth")),
         Command::Version => println!("portcullis-auth v{}", env!("CARGO_PKG_VERSION")),
         Command::Start(flags) => {
+            // CA keys and password hashes live in data_dir: keep whatever it makes private.
+            portcullis_pki::datadir::restrict_umask();
             let settings = AuthSettings::load(&flags)?;
             let attrs = [("portcullis.cluster".to_string(), settings.cluster_name.clone())].into();
             let telemetry = portcullis_telemetry::init_service("portcullis-auth", &settings.common, attrs);

@@ -1,14 +1,17 @@
 //! The auth service's state: storage, the three certificate authorities, static tokens
-//! and the audit log. Loaded once at start; the CAs are created on first start.
+//! and the audit log. Loaded once at start; the CAs are created on first start, their
+//! private keys sealed with the key-encryption key kept outside the database.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_config::{AuthSettings, StaticToken};
+use portcullis_pki::datadir;
+use portcullis_pki::kek::{Kek, KekError};
 use portcullis_pki::ssh::SshCa;
 use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
-use portcullis_pki::{Identity, Secret};
-use portcullis_storage::{Backend, BackendExt};
+use portcullis_pki::{Identity, PkiError, Secret};
+use portcullis_storage::{Backend, BackendExt, SledBackend, StorageError};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
@@ -18,12 +21,40 @@ pub(crate) const KEY_CLUSTER_NAME: &str = "cluster/name";
 const KEY_USER_CA: &str = "cas/ssh_user";
 const KEY_HOST_CA: &str = "cas/ssh_host";
 const KEY_TLS_CA: &str = "cas/tls";
+/// Every stored CA, each sealed under its own storage key.
+const CA_KEYS: [&str; 3] = [KEY_USER_CA, KEY_HOST_CA, KEY_TLS_CA];
 
-/// A CA as stored: private key and public certificate or key.
+/// A CA as stored: its public half, and its private key sealed with the key-encryption key
+/// (AES-256-GCM, the storage key as associated data). Data directories from before sealing
+/// hold `private` in clear; [`seal_plaintext_cas`] seals them at start.
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
-    private: Secret<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    private: Option<Secret<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_private: Option<String>,
     public: String,
+}
+
+impl StoredCa {
+    fn sealed(kek: &Kek, key: &str, private: &Secret<String>, public: String) -> Result<Self, AuthError> {
+        let sealed = kek.seal(key, private.expose().as_bytes()).map_err(PkiError::from)?;
+        Ok(StoredCa { private: None, sealed_private: Some(sealed), public })
+    }
+
+    /// The private key, unsealed.
+    fn private(&self, kek: &Kek, key: &str) -> Result<Secret<String>, AuthError> {
+        let corrupt = |reason: &str| StorageError::Corrupt { key: key.to_string(), reason: reason.to_string() };
+        match (&self.sealed_private, &self.private) {
+            (Some(sealed), _) => {
+                let bytes = kek.open(key, sealed).map_err(PkiError::from)?;
+                let text = String::from_utf8(bytes.into_inner()).map_err(|_| corrupt("the sealed key is not text"))?;
+                Ok(Secret::new(text))
+            }
+            (None, Some(private)) => Ok(private.clone()),
+            (None, None) => Err(corrupt("no private key").into()),
+        }
+    }
 }
 
 /// Everything the RPC handlers work on.
@@ -41,6 +72,10 @@ pub struct AuthState {
     pub insecure: bool,
     /// CA that signs root proxies' HTTPS certificates, when not publicly trusted.
     pub trusted_cluster_ca_file: Option<std::path::PathBuf>,
+    /// Lockout, hashing and `Join` rate limits (`auth_service.lockout`, ...).
+    pub logins: portcullis_config::LoginLimits,
+    /// The bounded argon2 workers every password goes through.
+    pub passwords: crate::hashing::PasswordPool,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -49,24 +84,95 @@ impl std::fmt::Debug for AuthState {
     }
 }
 
-fn load_or_create_ssh_ca(b: &dyn Backend, key: &str) -> Result<SshCa, AuthError> {
+fn load_or_create_ssh_ca(b: &dyn Backend, kek: &Kek, key: &str) -> Result<SshCa, AuthError> {
     if let Some(stored) = b.get_json::<StoredCa>(key)? {
-        return Ok(SshCa::from_openssh(stored.private.expose())?);
+        return Ok(SshCa::from_openssh(stored.private(kek, key)?.expose())?);
     }
     let ca = SshCa::generate()?;
-    let stored = StoredCa { private: Secret::new(ca.private_openssh()?), public: ca.public_line()? };
+    let stored = StoredCa::sealed(kek, key, &Secret::new(ca.private_openssh()?), ca.public_line()?)?;
     b.put_json(key, &stored)?;
     Ok(ca)
 }
 
-fn load_or_create_tls_ca(b: &dyn Backend, cluster: &str) -> Result<TlsCa, AuthError> {
+fn load_or_create_tls_ca(b: &dyn Backend, kek: &Kek, cluster: &str) -> Result<TlsCa, AuthError> {
     if let Some(stored) = b.get_json::<StoredCa>(KEY_TLS_CA)? {
-        return Ok(TlsCa::from_pem(cluster, &stored.public, stored.private.expose())?);
+        return Ok(TlsCa::from_pem(cluster, &stored.public, stored.private(kek, KEY_TLS_CA)?.expose())?);
     }
     let ca = TlsCa::generate(cluster)?;
-    let stored = StoredCa { private: ca.key_pem(), public: ca.cert_pem().to_string() };
+    let stored = StoredCa::sealed(kek, KEY_TLS_CA, &ca.key_pem(), ca.cert_pem().to_string())?;
     b.put_json(KEY_TLS_CA, &stored)?;
     Ok(ca)
+}
+
+/// The key-encryption key named by `auth_service.ca_key_encryption_key_file`. Made on first
+/// start; a missing file while the database holds sealed keys is an error, never a new key.
+fn load_kek(settings: &AuthSettings, b: &dyn Backend) -> Result<Kek, AuthError> {
+    let path = &settings.ca_key_encryption_key_file;
+    if let Some(kek) = Kek::load(path).map_err(PkiError::from)? {
+        return Ok(kek);
+    }
+    for key in CA_KEYS {
+        if b.get_json::<StoredCa>(key)?.is_some_and(|s| s.sealed_private.is_some()) {
+            return Err(PkiError::from(KekError::Missing { file: path.display().to_string() }).into());
+        }
+    }
+    let kek = Kek::create(path).map_err(PkiError::from)?;
+    tracing::info!(file = %path.display(), "created the key-encryption key for the CA private keys");
+    Ok(kek)
+}
+
+/// Checks that `kek` opens every sealed CA, then seals those still stored in clear (older data
+/// directories). Returns how many it sealed. Checking first means a wrong key file never
+/// leaves the database sealed under two keys.
+fn seal_with(kek: &Kek, b: &dyn Backend) -> Result<usize, AuthError> {
+    let mut plain = Vec::new();
+    for key in CA_KEYS {
+        if let Some(stored) = b.get_json::<StoredCa>(key)? {
+            let private = stored.private(kek, key)?;
+            if stored.sealed_private.is_none() {
+                plain.push((key, StoredCa::sealed(kek, key, &private, stored.public)?));
+            }
+        }
+    }
+    for (key, sealed) in &plain {
+        b.put_json(key, sealed)?;
+    }
+    if !plain.is_empty() {
+        b.flush()?;
+    }
+    Ok(plain.len())
+}
+
+/// Seals CA private keys stored in clear by older versions, with the configured key; returns
+/// how many. The caller should then drop overwritten data from the backend's files.
+pub fn seal_plaintext_cas(settings: &AuthSettings, b: &dyn Backend) -> Result<usize, AuthError> {
+    seal_with(&load_kek(settings, b)?, b)
+}
+
+/// Opens the auth state in `data_dir`: makes the directory private (refusing one others can
+/// read that already holds data), opens the sled database, seals CA keys an older version
+/// stored in clear and rewrites the database so no clear copy stays in its files.
+pub fn open_data_dir(settings: &AuthSettings) -> Result<AuthState, AuthError> {
+    let data_dir = &settings.common.data_dir;
+    let prepared = datadir::prepare(data_dir).map_err(PkiError::from)?;
+    if !prepared.fixed.is_empty() {
+        tracing::warn!(data_dir = %data_dir.display(), count = prepared.fixed.len(), "made files in the data directory private (0600/0700)");
+    }
+    let backend_dir = data_dir.join("backend");
+    let mut backend = SledBackend::open(&backend_dir)?;
+    let sealed = seal_plaintext_cas(settings, &backend)?;
+    if sealed > 0 {
+        // sled keeps overwritten values in its log: keep only a fresh copy of the live records.
+        drop(backend);
+        SledBackend::rewrite(&backend_dir)?;
+        backend = SledBackend::open(&backend_dir)?;
+        tracing::warn!(
+            count = sealed,
+            kek = %settings.ca_key_encryption_key_file.display(),
+            "sealed CA private keys that were stored in clear; back up the key-encryption key file separately"
+        );
+    }
+    AuthState::open(settings, Arc::new(backend))
 }
 
 impl AuthState {
@@ -84,9 +190,11 @@ impl AuthState {
             Some(_) => {}
             None => backend.put_json(KEY_CLUSTER_NAME, &cluster)?,
         }
-        let user_ca = load_or_create_ssh_ca(backend.as_ref(), KEY_USER_CA)?;
-        let host_ca = load_or_create_ssh_ca(backend.as_ref(), KEY_HOST_CA)?;
-        let tls_ca = load_or_create_tls_ca(backend.as_ref(), &cluster)?;
+        let kek = load_kek(settings, backend.as_ref())?;
+        seal_with(&kek, backend.as_ref())?;
+        let user_ca = load_or_create_ssh_ca(backend.as_ref(), &kek, KEY_USER_CA)?;
+        let host_ca = load_or_create_ssh_ca(backend.as_ref(), &kek, KEY_HOST_CA)?;
+        let tls_ca = load_or_create_tls_ca(backend.as_ref(), &kek, &cluster)?;
         let audit = AuditLog::open(&settings.common.data_dir, &cluster)?;
         let state = AuthState {
             cluster_name: cluster,
@@ -99,6 +207,8 @@ impl AuthState {
             offline_after: settings.tunnel_offline_after,
             insecure: settings.common.insecure,
             trusted_cluster_ca_file: settings.trusted_cluster_ca_file.clone(),
+            logins: settings.logins,
+            passwords: crate::hashing::PasswordPool::start(settings.logins.hashing)?,
         };
         state.ensure_preset_roles()?;
         state.backend.flush()?;
@@ -156,4 +266,148 @@ impl AuthState {
 /// Current time.
 pub fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::{CommonFlags, FileConfig};
+    use portcullis_storage::MemoryBackend;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn settings(dir: &std::path::Path, extra: &str) -> AuthSettings {
+        let yaml = format!("teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: kek.example.com\n{extra}", dir.display());
+        AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap()
+    }
+
+    /// What a copy of the database would show an attacker: every CA record as stored.
+    fn raw_cas(b: &dyn Backend) -> String {
+        b.list("cas/").unwrap().into_iter().map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v))).collect()
+    }
+
+    fn assert_no_private_key_material(text: &str) {
+        for marker in ["PRIVATE KEY", "BEGIN OPENSSH", "\"private\""] {
+            assert!(!text.contains(marker), "found {marker:?} in the stored data:\n{text}");
+        }
+    }
+
+    /// Stores the CAs as versions before sealing did: private keys in clear.
+    fn store_plaintext_cas(b: &dyn Backend) -> (String, String) {
+        b.put_json(KEY_CLUSTER_NAME, &"kek.example.com".to_string()).unwrap();
+        let mut user_line = String::new();
+        for key in [KEY_USER_CA, KEY_HOST_CA] {
+            let ca = SshCa::generate().unwrap();
+            let public = ca.public_line().unwrap();
+            if key == KEY_USER_CA {
+                user_line = public.clone();
+            }
+            let stored = StoredCa { private: Some(Secret::new(ca.private_openssh().unwrap())), sealed_private: None, public };
+            b.put_json(key, &stored).unwrap();
+        }
+        let tls = TlsCa::generate("kek.example.com").unwrap();
+        let tls_pem = tls.cert_pem().to_string();
+        b.put_json(KEY_TLS_CA, &StoredCa { private: Some(tls.key_pem()), sealed_private: None, public: tls_pem.clone() })
+            .unwrap();
+        b.flush().unwrap();
+        (user_line, tls_pem)
+    }
+
+    #[test]
+    fn a_new_cluster_stores_its_ca_keys_sealed_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(MemoryBackend::new());
+        let s = AuthState::open(&settings(dir.path(), ""), b.clone()).unwrap();
+        let raw = raw_cas(b.as_ref());
+        assert_eq!(raw.matches("sealed_private").count(), 3, "{raw}");
+        assert_no_private_key_material(&raw);
+        let kek = dir.path().join("ca-kek");
+        assert_eq!(std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777, 0o600);
+        // Reopening with the same key gives the same CAs.
+        let again = AuthState::open(&settings(dir.path(), ""), b).unwrap();
+        assert_eq!(again.user_ca.public_line().unwrap(), s.user_ca.public_line().unwrap());
+        assert_eq!(again.tls_ca.cert_pem(), s.tls_ca.cert_pem());
+    }
+
+    #[test]
+    fn plaintext_keys_from_older_versions_are_sealed_and_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(MemoryBackend::new());
+        let (user_line, tls_pem) = store_plaintext_cas(b.as_ref());
+        assert!(raw_cas(b.as_ref()).contains("PRIVATE KEY"), "the old layout really is in clear");
+        let s = AuthState::open(&settings(dir.path(), ""), b.clone()).unwrap();
+        assert_no_private_key_material(&raw_cas(b.as_ref()));
+        assert_eq!(s.user_ca.public_line().unwrap(), user_line, "the same CA, not a new one");
+        assert_eq!(s.tls_ca.cert_pem(), tls_pem);
+        assert_eq!(seal_plaintext_cas(&settings(dir.path(), ""), b.as_ref()).unwrap(), 0, "nothing left to seal");
+    }
+
+    #[test]
+    fn a_different_or_missing_kek_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(MemoryBackend::new());
+        AuthState::open(&settings(dir.path(), ""), b.clone()).unwrap();
+        let before = raw_cas(b.as_ref());
+        let other = dir.path().join("other-kek");
+        Kek::create(&other).unwrap();
+        let cfg = format!("  ca_key_encryption_key_file: {}\n", other.display());
+        let e = AuthState::open(&settings(dir.path(), &cfg), b.clone()).unwrap_err().to_string();
+        let expected = format!("the CA keys in the database were sealed with a different key-encryption key ({})", other.display());
+        assert!(e.contains(&expected), "{e}");
+        assert_eq!(raw_cas(b.as_ref()), before, "a wrong key changes nothing");
+        let gone = dir.path().join("gone-kek");
+        let cfg = format!("  ca_key_encryption_key_file: {}\n", gone.display());
+        let e = AuthState::open(&settings(dir.path(), &cfg), b).unwrap_err().to_string();
+        assert!(e.contains(&format!("key-encryption key file {} does not exist", gone.display())), "{e}");
+        assert!(!gone.exists(), "no new key is made for a database sealed with another");
+    }
+
+    #[test]
+    fn a_wrong_kek_never_half_migrates_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(MemoryBackend::new());
+        store_plaintext_cas(b.as_ref());
+        // One CA sealed with key A, as if an earlier migration stopped half way.
+        let a = Kek::create(&dir.path().join("a")).unwrap();
+        let stored: StoredCa = b.get_json(KEY_USER_CA).unwrap().unwrap();
+        let private = stored.private.clone().unwrap();
+        b.put_json(KEY_USER_CA, &StoredCa::sealed(&a, KEY_USER_CA, &private, stored.public).unwrap()).unwrap();
+        let before = raw_cas(b.as_ref());
+        Kek::create(&dir.path().join("ca-kek")).unwrap();
+        let e = AuthState::open(&settings(dir.path(), ""), b.clone()).unwrap_err().to_string();
+        assert!(e.contains("different key-encryption key"), "{e}");
+        assert_eq!(raw_cas(b.as_ref()), before);
+    }
+
+    #[test]
+    fn open_data_dir_migrates_sled_and_no_clear_key_stays_in_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let backend_dir = dir.path().join("backend");
+        {
+            let b = SledBackend::open(&backend_dir).unwrap();
+            store_plaintext_cas(&b);
+        }
+        let scan = || -> bool {
+            fn walk(p: &std::path::Path, hit: &mut bool) {
+                for e in std::fs::read_dir(p).unwrap().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, hit);
+                    } else {
+                        let bytes = std::fs::read(&p).unwrap();
+                        *hit |= bytes.windows(11).any(|w| w == b"PRIVATE KEY");
+                    }
+                }
+            }
+            let mut hit = false;
+            walk(&backend_dir, &mut hit);
+            hit
+        };
+        assert!(scan(), "the old database holds the keys in clear");
+        let state = open_data_dir(&settings(dir.path(), "")).unwrap();
+        state.backend.flush().unwrap();
+        drop(state);
+        assert!(!scan(), "after the migration no clear key is left in the database files");
+        open_data_dir(&settings(dir.path(), "")).unwrap();
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use portcullis_proto::auth::{
-    CertAuthorities, ClusterCa, ListRemoteClustersResponse, RemoteCluster as PbRemoteCluster,
+    CertAuthorities, ClusterCa, ClusterHostCas, ListRemoteClustersResponse, RemoteCluster as PbRemoteCluster,
     TrustedClusterTarget, ValidateTrustedClusterRequest, ValidateTrustedClusterResponse,
 };
 use portcullis_storage::BackendExt;
@@ -45,6 +45,26 @@ impl ClusterCas {
 struct TunnelReport {
     count: u32,
     at: time::OffsetDateTime,
+}
+
+/// Serialises trust validations (see [`AuthState::validate_trusted_cluster`]).
+static TRUST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Which leaf cluster an invite token was used by: a token registers one name only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenUse {
+    cluster: String,
+}
+
+/// Keyed by a hash of the token, so the database never holds the token itself here.
+fn trust_token_key(token: &portcullis_pki::Secret<String>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
+    format!("trust_token_uses/{}", hex::encode(digest.as_ref()))
+}
+
+/// Whether one cluster name lies inside the other's DNS namespace (`x.b` and `b`).
+fn nested(a: &str, b: &str) -> bool {
+    a.strip_suffix(b).is_some_and(|p| p.ends_with('.')) || b.strip_suffix(a).is_some_and(|p| p.ends_with('.'))
 }
 
 fn rc_key(leaf: &str) -> String {
@@ -87,7 +107,13 @@ impl AuthState {
             return Err(AuthError::denied(TOKEN_REJECTED));
         }
         let cas = req.leaf_cas.clone().unwrap_or_default();
-        if leaf.is_empty() || leaf == self.cluster_name {
+        // The name scopes the leaf's host CA (`*.<leaf>` in tsh's known_hosts) and keys its
+        // records: only DNS names, never the root's or a name nested in another cluster's.
+        if let Err(e) = portcullis_types::validate_cluster_name(&leaf) {
+            refuse(e.to_string());
+            return Err(AuthError::bad(e.to_string()));
+        }
+        if leaf == self.cluster_name {
             let reason = format!("a leaf cluster cannot be named {leaf:?}: that is the root cluster's name");
             refuse(reason.clone());
             return Err(AuthError::denied(format!("access denied: {reason}")));
@@ -96,17 +122,48 @@ impl AuthState {
             return Err(AuthError::bad("the leaf must send its TLS, SSH user and SSH host CAs"));
         }
         let new = ClusterCas::from_proto(&cas);
-        if let Some(existing) = self.backend.get_json::<ClusterCas>(&remote_cas_key(&leaf))? {
-            if existing.tls != new.tls || existing.ssh_host != new.ssh_host || existing.ssh_user != new.ssh_user {
-                let reason = format!("a cluster named {leaf:?} is already trusted with other keys; remove it first (tctl rm rc/{leaf})");
-                refuse(reason.clone());
-                return Err(AuthError::denied(format!("access denied: {reason}")));
+        // One validation at a time: the checks below and the writes after them must not
+        // interleave with another leaf's (two names racing on one token).
+        let _guard = TRUST_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let token_key = trust_token_key(&token);
+        if let Some(used) = self.backend.get_json::<TokenUse>(&token_key)?
+            && used.cluster != leaf
+        {
+            let reason = format!(
+                "this invite token was already used by leaf cluster {:?}; a token registers one cluster name, not {leaf:?} (tctl tokens add --type=trusted_cluster for another)",
+                used.cluster
+            );
+            refuse(reason.clone());
+            return Err(AuthError::denied(format!("access denied: {reason}")));
+        }
+        let existing = self.backend.get_json::<ClusterCas>(&remote_cas_key(&leaf))?;
+        match &existing {
+            Some(existing) => {
+                if existing.tls != new.tls || existing.ssh_host != new.ssh_host || existing.ssh_user != new.ssh_user {
+                    let reason = format!("a cluster named {leaf:?} is already trusted with other keys; remove it first (tctl rm rc/{leaf})");
+                    refuse(reason.clone());
+                    return Err(AuthError::denied(format!("access denied: {reason}")));
+                }
+            }
+            None => {
+                // A name inside another cluster's (`a.leaf` next to `leaf`, or the other way
+                // round) would let one CA's `*.<name>` pattern cover the other's hosts.
+                let others = self.remote_cas()?.into_iter().map(|(n, _)| n).chain([self.cluster_name.clone()]);
+                if let Some(other) = others.into_iter().find(|o| nested(&leaf, o)) {
+                    let reason = format!(
+                        "a leaf cluster cannot be named {leaf:?}: it overlaps cluster {other:?} (one name ends with '.' + the other), so their host CAs' scopes would overlap"
+                    );
+                    refuse(reason.clone());
+                    return Err(AuthError::denied(format!("access denied: {reason}")));
+                }
             }
         }
         let rc = self.backend.get_json::<RemoteCluster>(&rc_key(&leaf))?.unwrap_or_else(|| RemoteCluster::new(leaf.clone()));
+        self.backend.put_json(&token_key, &TokenUse { cluster: leaf.clone() })?;
         self.backend.put_json(&remote_cas_key(&leaf), &new)?;
         self.backend.put_json(&rc_key(&leaf), &rc)?;
         self.backend.flush()?;
+        drop(_guard);
         self.audit.emit(
             "trusted_cluster.create",
             json!({"success": true, "cluster": leaf, "remote_addr": req.remote_addr}),
@@ -309,19 +366,27 @@ impl AuthState {
         })
     }
 
-    /// Our CAs plus what others need to see: the user CAs of roots we actively trust (so
-    /// our nodes accept root users) and the host CAs of our leaves (so root users' tsh can
-    /// check leaf nodes). A leaf's user CA is never added: leaf certificates are never
-    /// root identities.
+    /// The SSH host CAs of each trusted leaf, by leaf name.
+    pub fn leaf_host_cas(&self) -> Result<Vec<ClusterHostCas>, AuthError> {
+        let mut out: Vec<ClusterHostCas> = self
+            .remote_cas()?
+            .into_iter()
+            .map(|(cluster_name, cas)| ClusterHostCas { cluster_name, ssh_host_ca: cas.ssh_host })
+            .collect();
+        out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        Ok(out)
+    }
+
+    /// Our CAs plus the user CAs of roots we actively trust (so our nodes accept root
+    /// users). A leaf's user CA is never added: leaf certificates are never root identities.
+    /// Nor are leaves' host CAs: they vouch only for their own leaf's hosts, so they are
+    /// handed out per leaf ([`Self::leaf_host_cas`]), never in this unscoped set.
     pub fn cert_authorities(&self) -> Result<CertAuthorities, AuthError> {
         let mut cas = self.own_cas()?;
         for (_, root) in self.all_trusted_cas()? {
             if root.active {
                 cas.ssh_user_ca.extend(root.ssh_user);
             }
-        }
-        for (_, leaf) in self.remote_cas()? {
-            cas.ssh_host_ca.extend(leaf.ssh_host);
         }
         Ok(cas)
     }

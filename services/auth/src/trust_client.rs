@@ -102,7 +102,9 @@ impl AuthState {
         if !status.is_success() {
             let msg = resp.json::<ErrorBody>().await.map(|b| b.error).unwrap_or_else(|_| status.to_string());
             tracing::warn!(%addr, %status, reason = %msg, "the root cluster refused to trust this cluster");
-            if msg.contains("token") && (status.as_u16() == 403 || status.as_u16() == 401) {
+            // Only the root's token refusal becomes SPEC §7's fixed text; other refusals
+            // (a name already used, a token bound to another leaf) keep their reason.
+            if msg.contains(TOKEN_REJECTED) || (status.as_u16() == 401 && msg.contains("token")) {
                 return Err(AuthError::denied(TOKEN_REJECTED));
             }
             return Err(AuthError::denied(msg));

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use portcullis_pki::ssh::{self, UserCertRequest};
 use portcullis_pki::x509::{TlsCertRequest, system_role};
 use portcullis_pki::Secret;
@@ -14,6 +12,7 @@ use portcullis_types::{AccessChecker, Role, User, preset_roles};
 use serde_json::json;
 
 use crate::error::AuthError;
+use crate::lockout::{UserLock, format_utc, locked_message};
 use crate::state::AuthState;
 
 /// Certificates are valid this long unless asked otherwise (SPEC §6).
@@ -22,6 +21,8 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(30 * 3600);
 /// Passwords shorter than this are refused.
 const MIN_PASSWORD_LEN: usize = 6;
+/// The one answer to a wrong password, whether or not the user exists.
+pub const INVALID_LOGIN: &str = "invalid username or password";
 
 fn role_key(name: &str) -> String {
     format!("roles/{name}")
@@ -104,7 +105,8 @@ impl AuthState {
         Ok(self.backend.delete(&user_key(name))?)
     }
 
-    /// Stores an argon2 hash of the password. CPU-heavy: call from a blocking task.
+    /// Stores an argon2 hash of the password, made on the bounded hashing workers. Blocks:
+    /// call from a blocking task.
     pub fn set_password(&self, username: &str, password: &Secret<String>) -> Result<(), AuthError> {
         if self.get_user(username)?.is_none() {
             return Err(AuthError::NotFound(format!("user {username:?} does not exist")));
@@ -112,31 +114,30 @@ impl AuthState {
         if password.expose().chars().count() < MIN_PASSWORD_LEN {
             return Err(AuthError::bad(format!("password must be at least {MIN_PASSWORD_LEN} characters")));
         }
-        let salt = SaltString::encode_b64(&portcullis_pki::random_bytes::<16>()?)
-            .map_err(|e| AuthError::Internal(format!("making a password salt: {e}")))?;
-        let hash = Argon2::default()
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map_err(|e| AuthError::Internal(format!("hashing the password: {e}")))?
-            .to_string();
+        let hash = self.passwords.hash(password)?;
         self.backend.put_json(&password_key(username), &hash)?;
         self.backend.flush()?;
         Ok(())
     }
 
-    /// Checks a password; the error never says whether the user exists. CPU-heavy.
+    /// Checks a password; the error never says whether the user exists, and an unknown user
+    /// costs the same argon2 run as a real one (the dummy hash). Blocks on the hashing workers.
     pub fn check_password(&self, username: &str, password: &Secret<String>) -> Result<User, AuthError> {
-        let invalid = || AuthError::Unauthenticated("invalid username or password".into());
-        let user = self.get_user(username)?.ok_or_else(invalid)?;
-        let hash: String = self.backend.get_json(&password_key(username))?.ok_or_else(invalid)?;
-        let parsed = PasswordHash::new(&hash)
-            .map_err(|e| AuthError::Internal(format!("stored password hash of {username:?} is corrupt: {e}")))?;
-        Argon2::default()
-            .verify_password(password.expose().as_bytes(), &parsed)
-            .map_err(|_| invalid())?;
-        Ok(user)
+        let invalid = || AuthError::Unauthenticated(INVALID_LOGIN.into());
+        let user = self.get_user(username)?;
+        let hash: Option<String> = match &user {
+            Some(_) => self.backend.get_json(&password_key(username))?,
+            None => None,
+        };
+        let matches = self.passwords.verify(password, hash)?;
+        match user {
+            Some(u) if matches => Ok(u),
+            _ => Err(invalid()),
+        }
     }
 
-    /// Password login: audited whether it succeeds or not.
+    /// Password login: refused while the user is locked (even with the right password),
+    /// counted towards the lockout when wrong, audited whether it succeeds or not.
     pub fn login(
         &self,
         username: &str,
@@ -144,16 +145,38 @@ impl AuthState {
         params: CertParams<'_>,
         remote_addr: &str,
     ) -> Result<UserCerts, AuthError> {
+        let refuse = |e: AuthError, lock: Option<&UserLock>| {
+            let mut event = json!({"user": username, "success": false, "method": "local", "error": e.to_string(), "remote_addr": remote_addr});
+            if let Some(l) = lock {
+                event["locked_until"] = json!(format_utc(l.locked_until));
+            }
+            self.audit.emit("user.login", event);
+            e
+        };
+        if let Some(lock) = self.user_lock(username)? {
+            // No argon2 run for a locked user: a flood against one name costs nothing.
+            let e = AuthError::denied(locked_message(username, lock.locked_until, lock.failures));
+            return Err(refuse(e, Some(&lock)));
+        }
         let user = match self.check_password(username, password) {
             Ok(u) => u,
-            Err(e) => {
-                self.audit.emit(
-                    "user.login",
-                    json!({"user": username, "success": false, "method": "local", "error": e.to_string(), "remote_addr": remote_addr}),
-                );
-                return Err(e);
+            Err(e @ AuthError::Unauthenticated(_)) => {
+                return Err(match self.record_login_failure(username)? {
+                    Some(lock) => {
+                        let e = AuthError::denied(locked_message(username, lock.locked_until, lock.failures));
+                        refuse(e, Some(&lock))
+                    }
+                    None => refuse(e, None),
+                });
             }
+            Err(e) => return Err(refuse(e, None)),
         };
+        // Parallel guesses may have locked the user while this one was being checked.
+        if let Some(lock) = self.user_lock(username)? {
+            let e = AuthError::denied(locked_message(username, lock.locked_until, lock.failures));
+            return Err(refuse(e, Some(&lock)));
+        }
+        self.clear_login_failures(username)?;
         let certs = self.user_certs(&user, params)?;
         self.audit.emit(
             "user.login",
@@ -208,7 +231,9 @@ impl AuthState {
             ssh_cert: ssh_cert.to_openssh().map_err(portcullis_pki::PkiError::from)?,
             tls_cert_pem,
             cas: Some(self.cert_authorities()?),
+            // Leaf host CAs apart, each scoped to its leaf (see trust.rs).
             cluster_name: self.cluster_name.clone(),
+            leaf_host_cas: self.leaf_host_cas()?,
         })
     }
 }

@@ -19,6 +19,11 @@ fn state(dir: &std::path::Path, name: &str) -> AuthState {
     AuthState::open(&settings, Arc::new(MemoryBackend::new())).unwrap()
 }
 
+/// What auth sees of a node on this host whose certificate names `name`.
+fn observed(name: &str) -> portcullis_auth::nodes::Observed {
+    portcullis_auth::nodes::Observed::new(Some(std::net::Ipv4Addr::LOCALHOST.into()), vec![name.to_string()])
+}
+
 fn tc(yaml: &str) -> TrustedCluster {
     match portcullis_types::parse_yaml_documents(yaml).unwrap().remove(0) {
         Resource::TrustedCluster(t) => t,
@@ -56,7 +61,7 @@ fn trusted(dir: &std::path::Path, role_map: &str) -> (AuthState, AuthState, Stri
         addr: "127.0.0.1:1".into(),
         labels: [("env".to_string(), "prod".to_string())].into(),
         ..Default::default()
-    })
+    }, &observed("n1"))
     .unwrap();
     (root, leaf, token.token().to_string())
 }
@@ -147,7 +152,7 @@ fn leaf_certificates_are_never_root_identities() {
     let (root, leaf, _) = trusted(dir.path(), "    - remote: access\n      local: [access]\n");
     // A leaf user's certificate, presented to the root's node decision.
     let leaf_cert = root_user_cert(&leaf, "mallory", &["access"], &["root"]);
-    root.heartbeat(&HeartbeatRequest { kind: "node".into(), host_id: "r1".into(), hostname: "r1".into(), ..Default::default() }).unwrap();
+    root.heartbeat(&HeartbeatRequest { kind: "node".into(), host_id: "r1".into(), hostname: "r1".into(), addr: "127.0.0.1:3022".into(), ..Default::default() }, &observed("r1")).unwrap();
     let d = root
         .authorize_ssh(
             &AuthorizeSshRequest { ssh_cert: leaf_cert, login: "root".into(), source: "node".into(), ..Default::default() },
@@ -156,11 +161,14 @@ fn leaf_certificates_are_never_root_identities() {
         .unwrap();
     assert!(!d.allowed);
     assert!(d.reason.contains("does not trust"), "{}", d.reason);
-    // The root hands out the leaf's host CA (for tsh) but never its user CA.
+    // The root hands out the leaf's host CA only scoped to the leaf (for tsh), never its
+    // user CA, and never the host CA in its unscoped set.
     let cas = root.cert_authorities().unwrap();
     let leaf_cas = leaf.own_cas().unwrap();
-    assert!(cas.ssh_host_ca.contains(&leaf_cas.ssh_host_ca[0]));
+    assert!(!cas.ssh_host_ca.contains(&leaf_cas.ssh_host_ca[0]));
     assert!(!cas.ssh_user_ca.contains(&leaf_cas.ssh_user_ca[0]));
+    let scoped = root.leaf_host_cas().unwrap();
+    assert_eq!((scoped[0].cluster_name.as_str(), &scoped[0].ssh_host_ca), ("leaf", &leaf_cas.ssh_host_ca));
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas, 
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let labels: HashMap<String, String> = info.labels.clone().into_iter().collect();
+    // What auth last said it changed in the announcement; said again only when it changes.
+    let mut warned: Vec<String> = Vec::new();
     loop {
         ticker.tick().await;
         let req = HeartbeatRequest {
@@ -64,11 +66,19 @@ pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas, 
             Ok(Ok(resp)) => {
                 tracing::debug!("heartbeat sent");
                 beats.succeeded();
-                if let Some(authorities) = resp.into_inner().cas {
+                let resp = resp.into_inner();
+                if resp.warnings != warned {
+                    for w in &resp.warnings {
+                        tracing::warn!("the auth service changed this node's announcement: {w}");
+                    }
+                    warned = resp.warnings;
+                }
+                if let Some(authorities) = resp.cas {
                     update_cas(&cas, &authorities.ssh_user_ca);
                 }
             }
             Ok(Err(status)) => {
+                // A refused name or address is said here (e.g. the name is held by another host).
                 tracing::warn!("heartbeat to the auth service failed: {}", status.message());
                 beats.failed();
             }

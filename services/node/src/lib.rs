@@ -25,6 +25,7 @@ use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_rpc::{ClientTls, connect_lazy};
 use russh::{MethodKind, MethodSet, SshId};
+use portcullis_net::{ConnGuard, ConnectionLimits, Gate, GatedListener, PreAuth};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -39,8 +40,8 @@ use crate::server::{Connection, NodeContext};
 /// Version announced in heartbeats and the SSH banner.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How long a client may take to send its SSH version line.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a client that did not authenticate in time is told.
+const PRE_AUTH_EXPIRED: &str = "authentication timed out (connection_limits.pre_auth_timeout)";
 /// How long open connections get to close when the node stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -138,7 +139,9 @@ pub async fn run_with_diag(
     let id = portcullis_rpc::join::join_or_load(&settings.common, "node", &principals).await?;
     let auth_addr = settings.common.auth_servers.first().ok_or(NodeError::NoAuthServer)?;
     let auth = AuthClient::new(connect_lazy(auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
-    let config = Arc::new(ssh_config(&id)?);
+    let mut config = ssh_config(&id)?;
+    config.keepalive_interval = Some(settings.limits.keepalive_interval);
+    let config = Arc::new(config);
     let nodename =
         if settings.common.nodename.is_empty() { id.nodename.clone() } else { settings.common.nodename.clone() };
     let user_cas = Arc::new(RwLock::new(heartbeat::parse_cas(&id.ssh_user_cas)));
@@ -161,7 +164,7 @@ pub async fn run_with_diag(
     };
     let beat = tokio::spawn(heartbeat::run(auth, announcement, user_cas, node_metrics.heartbeat.clone()));
     tracing::info!(node = %nodename, host_id = %id.name, cluster = %id.cluster_name, "SSH service listening on {local}");
-    serve_ssh(listener, config, ctx, shutdown).await;
+    serve_ssh_limited(listener, config, ctx, settings.limits, shutdown).await;
     beat.abort();
     tracing::info!("SSH service stopped");
     Ok(())
@@ -175,22 +178,30 @@ pub async fn serve_ssh(
     ctx: Arc<NodeContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_ssh_limited(listener, config, ctx, ConnectionLimits::NODE, shutdown).await
+}
+
+/// [`serve_ssh`] with `limits`: connections beyond the per-address or total cap are closed
+/// at once, and a client that has not logged in within the pre-authentication timeout
+/// (counted from the TCP accept) is disconnected.
+pub async fn serve_ssh_limited(
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    ctx: Arc<NodeContext>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    portcullis_net::raise_fd_limit();
+    let listener = GatedListener::new(listener, Gate::new("node_ssh", limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    conns.spawn(serve(socket, peer, config.clone(), ctx.clone(), stop_rx.clone()));
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: wait for some to be released.
-                    tracing::warn!("accepting an SSH connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            (socket, peer, place) = listener.accept() => {
+                conns.spawn(serve(socket, peer, config.clone(), ctx.clone(), stop_rx.clone(), limits, place));
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
@@ -211,13 +222,17 @@ async fn serve(
     config: Arc<russh::server::Config>,
     ctx: Arc<NodeContext>,
     mut stop: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+    _place: ConnGuard,
 ) {
-    let _ = socket.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + limits.pre_auth_timeout;
     let mut socket = socket;
     // A proxy or agent may send its trace context first (see portcullis_telemetry::preamble).
     let trace = portcullis_telemetry::preamble::read(&mut socket, PREAMBLE_WAIT).await;
-    let handler = Connection::new(ctx, peer.to_string()).with_trace(trace);
-    let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, socket, handler)).await {
+    let pre_auth = PreAuth::default();
+    let handler = Connection::new(ctx, peer.to_string()).with_trace(trace).with_pre_auth(pre_auth.clone());
+    let socket = pre_auth.wrap(socket);
+    let session = match tokio::time::timeout(limits.handshake_timeout, russh::server::run_stream(config, socket, handler)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!("SSH connection from {peer} failed: {e}");
@@ -229,12 +244,16 @@ async fn serve(
         }
     };
     let handle = session.handle();
+    let goodbye = handle.clone();
+    let say_why = async move {
+        let _ = goodbye.disconnect(russh::Disconnect::ByApplication, PRE_AUTH_EXPIRED.into(), "en".into()).await;
+    };
     tokio::select! {
-        result = session => {
-            if let Err(e) = result {
-                tracing::debug!("SSH connection from {peer} ended: {e}");
-            }
-        }
+        result = pre_auth.drive(session, deadline, say_why) => match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("SSH connection from {peer} ended: {e}"),
+            Err(_) => tracing::debug!(%peer, "SSH client did not log in within {}s: disconnected", limits.pre_auth_timeout.as_secs()),
+        },
         () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "the node is shutting down".into(), "en".into())

@@ -95,11 +95,19 @@ pub struct Connection {
     channels: HashMap<ChannelId, ChannelState>,
     /// Trace context the dialling proxy or agent sent ahead of the SSH bytes.
     trace: Option<String>,
+    /// Marked on a successful login; the connection is closed if that does not come in time.
+    pre_auth: portcullis_net::PreAuth,
 }
 
 impl Connection {
     pub fn new(ctx: Arc<NodeContext>, remote_addr: String) -> Self {
-        Connection { ctx, remote_addr, user: None, channels: HashMap::new(), trace: None }
+        Connection { ctx, remote_addr, user: None, channels: HashMap::new(), trace: None, pre_auth: Default::default() }
+    }
+
+    /// Shares the connection's authenticated flag with the task enforcing the deadline.
+    pub fn with_pre_auth(mut self, pre_auth: portcullis_net::PreAuth) -> Self {
+        self.pre_auth = pre_auth;
+        self
     }
 
     /// Makes this connection's spans children of the dialling hop's span.
@@ -240,6 +248,14 @@ impl Connection {
     /// Checks a login: the certificate against the trusted CAs, then auth's RBAC decision.
     async fn check_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, NodeError> {
         let key_id = certificate.key_id().to_string();
+        // The placeholder principal of a certificate without logins names no account.
+        if portcullis_pki::ssh::is_no_login(user) {
+            let reason = format!("{user:?} is the placeholder principal of a certificate whose roles grant no logins, not a login");
+            tracing::info!(user = %key_id, remote = %self.remote_addr, "login refused: {reason}");
+            fail_span(&reason);
+            self.audit_auth_failure(&key_id, user, &reason);
+            return Ok(Auth::reject());
+        }
         let check = || {
             let cas = self.ctx.user_cas.read().unwrap_or_else(PoisonError::into_inner).clone();
             verify_user_cert(certificate, &cas, unix_now())
@@ -298,6 +314,7 @@ impl Connection {
             roles: decision.roles,
             port_forwarding: decision.port_forwarding,
         });
+        self.pre_auth.authenticated();
         Ok(Auth::Accept)
     }
 

@@ -404,3 +404,25 @@ async fn openssh_client_interoperates() {
     assert!(stderr.contains('e'), "{stderr}");
     assert_eq!(out.status.code(), Some(9), "stderr: {stderr}");
 }
+
+/// A certificate whose roles grant no logins carries one placeholder principal; the node
+/// refuses it as a login even if auth were to allow it, and audits why.
+#[tokio::test]
+async fn the_no_login_placeholder_is_never_a_login() {
+    let auth = FakeAuth::default();
+    let c = start_node(auth.clone()).await;
+    let mut cfg = client::Config::default();
+    cfg.preferred.host_key_certificates = vec![Algorithm::Ed25519].into();
+    let handler = Client { host_ca: c.host_ca.public_key().clone() };
+    let mut h = client::connect(Arc::new(cfg), c.addr, handler).await.unwrap();
+    let key = generate_key().unwrap();
+    let cert = user_cert(&c.user_ca, &key, &[]);
+    let placeholder = cert.valid_principals()[0].clone();
+    assert!(portcullis_pki::ssh::is_no_login(&placeholder), "{placeholder}");
+    let ok = h.authenticate_openssh_cert(placeholder.clone(), Arc::new(key), cert).await.unwrap().success();
+    assert!(!ok, "the placeholder principal was accepted as a login");
+    assert!(auth.requests.lock().unwrap().is_empty(), "refused before asking auth");
+    let ev = auth.wait_event("auth").await;
+    assert_eq!(ev["success"], false);
+    assert!(ev["error"].as_str().unwrap().contains("placeholder principal"), "{ev}");
+}

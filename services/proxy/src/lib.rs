@@ -107,14 +107,19 @@ pub async fn run(
     proxy_metrics.register(&probes.metrics, &state);
 
     let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
-    let web_server = web::start(state.clone(), listeners.web, tls)?;
+    let limits = settings.limits;
+    portcullis_net::raise_fd_limit();
+    let web_server = web::start_limited(state.clone(), listeners.web, tls, limits, settings.rate_limit)?;
     let web_handle = web_server.handle();
     let mut web_task = tokio::spawn(web_server);
 
-    let ssh_config = Arc::new(ssh::config(&id)?);
+    let mut ssh_config = ssh::config(&id)?;
+    ssh_config.keepalive_interval = Some(limits.keepalive_interval);
+    let ssh_config = Arc::new(ssh_config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = settings.drain_timeout;
-    let mut ssh_task = tokio::spawn(ssh::serve(state.clone(), listeners.ssh, ssh_config, stop_rx.clone(), drain));
+    let mut ssh_task =
+        tokio::spawn(ssh::serve_limited(state.clone(), listeners.ssh, ssh_config, stop_rx.clone(), drain, limits));
 
     let mut tunnel_task = match listeners.tunnel {
         Some(listener) => {
@@ -124,7 +129,7 @@ pub async fn run(
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await.map(|_| ());
             };
-            tokio::spawn(tunnel::server::serve(hub.clone(), listener, tls, stopped))
+            tokio::spawn(tunnel::server::serve_limited(hub.clone(), listener, tls, limits, stopped))
         }
         // Never finishes: no tunnel listener means no leaf clusters, not a failure.
         None => tokio::spawn(std::future::pending::<Result<(), ProxyError>>()),

@@ -75,6 +75,8 @@ fn main() -> std::process::ExitCode {
 async fn start(args: StartArgs) -> anyhow::Result<()> {
     use portcullis_config::ports;
     use portcullis_config::settings::with_default_port;
+    // Its identity's keys live in data_dir: keep whatever it makes private.
+    portcullis_pki::datadir::restrict_umask();
     let mut settings = ProxySettings::load(&args.common)?;
     if let Some(a) = args.web_listen_addr {
         settings.web_listen_addr = a;

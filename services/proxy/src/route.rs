@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tonic::Code;
 use portcullis_rpc::Channel;
+use portcullis_rpc::ssh_ident::{IDENT_TIMEOUT, Prefixed, read_ssh_ident};
 
 use crate::metrics::{ProxyMetrics, cluster_type};
 use crate::state::auth_call;
@@ -53,6 +54,24 @@ pub enum RouteError {
     Tunnel { node: String },
     #[error("cannot connect to node {node} at {addr}: {reason}")]
     Connect { node: String, addr: String, reason: String },
+    #[error("cannot reach {host:?} in cluster {cluster:?}: {reason}")]
+    Reserved { cluster: String, host: String, reason: String },
+}
+
+/// Host names starting with this are a cluster's own services (`@auth`), never nodes.
+const RESERVED_PREFIX: char = '@';
+/// The audit event a refused reserved target writes (from the proxy's identity).
+pub const DIAL_EVENT: &str = "tunnel.dial";
+
+/// Why a user session may not reach `host`, a reserved name.
+fn reserved_reason(host: &str) -> String {
+    if host == "@auth" {
+        "it is the cluster's auth service, which user sessions may not reach through the proxy \
+         (only the root proxy itself may)"
+            .into()
+    } else {
+        format!("names starting with '{RESERVED_PREFIX}' are reserved for cluster services and are not nodes")
+    }
 }
 
 /// Which cluster serves a request.
@@ -143,6 +162,8 @@ impl Router {
     pub async fn dial(&self, cluster: &str, host: &str, port: u16, user: &str) -> Result<Dialed, RouteError> {
         let started = tokio::time::Instant::now();
         let dialled = match self.cluster(cluster) {
+            // Checked before any dial: a user session never asks a leaf for its auth service.
+            Ok(_) if host.starts_with(RESERVED_PREFIX) => Err(self.refuse_reserved(cluster, host, user).await),
             Ok(ClusterRoute::Local) => self.dial_local(host, port).await,
             Ok(ClusterRoute::Leaf(addr)) => self.dial_leaf(cluster, addr, host, port, user).await,
             Err(e) => Err(e),
@@ -150,6 +171,27 @@ impl Router {
         let timed = dialled.as_ref().map(|_| started.elapsed()).map_err(|_| ());
         self.metrics.session(cluster_type(cluster, &self.cluster_name), timed);
         dialled
+    }
+
+    /// Refuses a user's dial to a reserved name and records it in this cluster's audit log.
+    async fn refuse_reserved(&self, cluster: &str, host: &str, user: &str) -> RouteError {
+        let cluster = if cluster.is_empty() { self.cluster_name.as_str() } else { cluster };
+        let e = RouteError::Reserved { cluster: cluster.to_string(), host: host.to_string(), reason: reserved_reason(host) };
+        tracing::warn!(user, cluster, host, "refused a user session's dial: {e}");
+        let event = serde_json::json!({
+            "event": DIAL_EVENT,
+            "success": false,
+            "cluster": cluster,
+            "user": user,
+            "target": host,
+            "error": e.to_string(),
+        });
+        let mut auth = self.auth.clone();
+        let req = portcullis_proto::auth::AuditEventRequest { event_json: event.to_string() };
+        if let Err(status) = auth_call(auth.emit_audit_event(req)).await {
+            tracing::warn!("cannot write the {DIAL_EVENT} audit event: {}", status.message());
+        }
+        e
     }
 
     /// Sessions being piped right now (for metrics).
@@ -178,10 +220,12 @@ impl Router {
             tracing::debug!("set_nodelay on the node connection failed: {e}");
         }
         let mut tcp = tcp;
-        // The node's session span joins this trace.
-        portcullis_telemetry::preamble::write(&mut tcp).await.map_err(|e| connect_err(e.to_string()))?;
+        // The node's session span joins this trace; "no trace" spares the node its wait.
+        portcullis_telemetry::preamble::write_or_none(&mut tcp).await.map_err(|e| connect_err(e.to_string()))?;
+        // Only an SSH server is relayed to, whatever port the node announced.
+        let seen = read_ssh_ident(&mut tcp, IDENT_TIMEOUT).await.map_err(|e| connect_err(e.to_string()))?;
         tracing::debug!(node = %name, addr = %node.addr, "dialled node");
-        Ok(Dialed { node, stream: Box::new(tcp) })
+        Ok(Dialed { node, stream: Box::new(Prefixed::new(seen, tcp)) })
     }
 
     /// Asks the leaf's actor to dial through a tunnel; the leaf's agent resolves the host.
@@ -209,7 +253,7 @@ impl Router {
         let sent = async {
             // The agent continues the trace from this span.
             let trace = portcullis_telemetry::current_trace_map().into_iter().collect();
-            let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace };
+            let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace, for_proxy: false };
             addr.send(msg).await
         }
         .instrument(span.clone())

@@ -72,6 +72,7 @@ impl Auth for Served {
             tls_cert_pem: "tls-cert".into(),
             cas: Some(cas()),
             cluster_name: CLUSTER.into(),
+            ..Default::default()
         }))
     }
     async fn generate_user_certs(&self, _: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
@@ -98,7 +99,7 @@ impl Auth for Served {
     async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let leaf_cas = self.leaf_cas.lock().unwrap().clone();
         let proxies = vec![Proxy { id: "other-proxy".into(), tunnel_addr: "other:3024".into() }];
-        Ok(Response::new(HeartbeatResponse { cas: Some(cas()), leaf_cas, proxies }))
+        Ok(Response::new(HeartbeatResponse { cas: Some(cas()), leaf_cas, proxies, ..Default::default() }))
     }
     async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         if r.into_inner().user_tls_cert.is_empty() {

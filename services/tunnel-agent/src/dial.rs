@@ -1,5 +1,6 @@
-//! Serving the root proxy's requests on a tunnel: dialling leaf nodes (registered ones and
-//! the leaf auth service only) and listing the leaf's nodes for root users.
+//! Serving the root proxy's requests on a tunnel: dialling leaf nodes (registered ones that
+//! answer as SSH servers, and the leaf auth service for the proxy itself only), auditing
+//! every dial on the leaf, and listing the leaf's nodes for root users.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::tunnel_client::TunnelClient;
 use portcullis_proto::tunnel::{AgentFrame, Chunk, DialFailed, DialRequest, NodesAnswer, NodesQuery};
 use portcullis_rpc::client::error_chain;
+use portcullis_rpc::ssh_ident::{IDENT_TIMEOUT, read_ssh_ident};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,8 +23,11 @@ use crate::{Agent, CALL_TIMEOUT};
 
 /// The gRPC metadata naming the dial request a `Dial` stream answers.
 pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
-/// The host name that stands for the leaf's own auth service.
+/// The host name that stands for the leaf's own auth service; only dials the root proxy
+/// makes for itself (`for_proxy`) may use it.
 pub const AUTH_HOST: &str = "@auth";
+/// The audit event every dial writes on the leaf (from the agent's identity).
+pub const DIAL_EVENT: &str = "tunnel.dial";
 /// Longest wait for a TCP connection to a leaf node, and for the proxy to take the stream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the node per chunk.
@@ -68,6 +73,15 @@ async fn serve_traced(
 ) {
     let target = format!("{}:{}", req.host, req.port);
     tracing::debug!(dial_id = req.dial_id, user = %req.user, "dial from root cluster {root} to {target}");
+    if req.host == AUTH_HOST && !req.for_proxy {
+        // The root proxy refuses this already; a proxy that asks anyway is refused here too.
+        let reason = format!(
+            "{AUTH_HOST} is the auth service of cluster {}: user sessions may not reach it through the tunnel \
+             (only the root proxy itself may)",
+            agent.cluster()
+        );
+        return refuse(&agent, &root, &control, &req, &target, reason).await;
+    }
     let addr = match resolve(&agent, &req, &target).await {
         Ok(a) => a,
         Err(reason) => return refuse(&agent, &root, &control, &req, &target, reason).await,
@@ -84,16 +98,28 @@ async fn serve_traced(
     };
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
+    // What the node said before anything was relayed: passed on to the user unchanged.
+    let mut first = Bytes::new();
     if req.host != AUTH_HOST {
-        // The node's session span joins this trace (see portcullis_telemetry::preamble).
-        if let Err(e) = portcullis_telemetry::preamble::write(&mut tcp).await {
+        // The node's session span joins this trace (see portcullis_telemetry::preamble); the
+        // "no trace" form spares the node its wait for one before it identifies itself.
+        if let Err(e) = portcullis_telemetry::preamble::write_or_none(&mut tcp).await {
             return refuse(&agent, &root, &control, &req, &target, format!("cannot write to {addr}: {e}")).await;
+        }
+        // Only an SSH server is relayed to: a node must not turn the agent into a way to
+        // any other service of its host.
+        match read_ssh_ident(&mut tcp, IDENT_TIMEOUT).await {
+            Ok(seen) => first = Bytes::from(seen),
+            Err(e) => {
+                let reason = format!("refused to relay to {target} at {addr}: {e}");
+                return refuse(&agent, &root, &control, &req, &target, reason).await;
+            }
         }
     }
     tracing::Span::current().record("outcome", "ok");
     let (out_tx, out_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
-    // An empty first chunk makes the stream reach the proxy at once.
-    let _ = out_tx.send(Chunk { data: Bytes::new() }).await;
+    // A first chunk (empty for `@auth`) makes the stream reach the proxy at once.
+    let _ = out_tx.send(Chunk { data: first }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
     if let Ok(v) = req.dial_id.to_string().parse() {
         request.metadata_mut().insert(DIAL_ID_HEADER, v);
@@ -111,8 +137,39 @@ async fn serve_traced(
     };
     tracing::debug!(dial_id = req.dial_id, "dial to {target} connected to {addr}");
     agent.metrics.dial(true);
+    let event = dial_event(&root, &req, &target, Ok(&addr));
+    // Written off the session's path: the audit call must not slow every connection.
+    tokio::spawn(emit(agent.clone(), event));
     pipe(tcp, out_tx, inbound).await;
     tracing::debug!(dial_id = req.dial_id, "dial to {target} closed");
+}
+
+/// The leaf's `tunnel.dial` audit event: who (root user, root cluster) reached what.
+fn dial_event(root: &str, req: &DialRequest, target: &str, outcome: Result<&str, &str>) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "event": DIAL_EVENT,
+        "success": outcome.is_ok(),
+        "cluster": root,
+        "user": req.user,
+        "target": target,
+        "for_proxy": req.for_proxy,
+    });
+    match outcome {
+        Ok(addr) => event["addr"] = serde_json::json!(addr),
+        Err(reason) => event["error"] = serde_json::json!(reason),
+    }
+    event
+}
+
+/// Writes an audit event to the leaf's auth service; failures are logged only.
+async fn emit(agent: Arc<Agent>, event: serde_json::Value) {
+    let mut auth = agent.auth.clone();
+    let call = auth.emit_audit_event(AuditEventRequest { event_json: event.to_string() });
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => tracing::warn!("cannot write the {DIAL_EVENT} audit event: {}", status.message()),
+        Err(_) => tracing::warn!("cannot write the {DIAL_EVENT} audit event: no answer in {CALL_TIMEOUT:?}"),
+    }
 }
 
 /// The address to dial: the leaf auth for `@auth`, else a node the auth service knows.
@@ -138,7 +195,7 @@ async fn resolve(agent: &Agent, req: &DialRequest, target: &str) -> Result<Strin
 
 /// Answers a failed dial and records it in the leaf's audit log.
 async fn refuse(
-    agent: &Agent,
+    agent: &Arc<Agent>,
     root: &str,
     control: &mpsc::Sender<AgentFrame>,
     req: &DialRequest,
@@ -151,23 +208,10 @@ async fn refuse(
     span.record("otel.status_code", "error");
     span.record("otel.status_description", reason.as_str());
     agent.metrics.dial(false);
-    let event = serde_json::json!({
-        "event": "tunnel.dial",
-        "success": false,
-        "cluster": root,
-        "user": req.user,
-        "target": target,
-        "error": reason,
-    });
+    let event = dial_event(root, req, target, Err(&reason));
     let failed = DialFailed { dial_id: req.dial_id, reason };
     let _ = control.send(AgentFrame { msg: Some(AgentMsg::DialFailed(failed)) }).await;
-    let mut auth = agent.auth.clone();
-    let emit = auth.emit_audit_event(AuditEventRequest { event_json: event.to_string() });
-    match tokio::time::timeout(CALL_TIMEOUT, emit).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(status)) => tracing::warn!("cannot write the tunnel.dial audit event: {}", status.message()),
-        Err(_) => tracing::warn!("cannot write the tunnel.dial audit event: no answer in {CALL_TIMEOUT:?}"),
-    }
+    emit(Arc::clone(agent), event).await;
 }
 
 /// Copies bytes both ways until both directions ended. The end of one direction is passed

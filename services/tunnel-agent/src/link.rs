@@ -56,6 +56,9 @@ impl Drop for LinkHandle {
 
 /// Starts the link to root cluster `target`.
 pub fn spawn(agent: Arc<Agent>, target: TrustedClusterTarget) -> LinkHandle {
+    // Trust the root's CA only, and (through the proxy server name) only a certificate of
+    // role Proxy: another root identity (a node's, an agent's) cannot pose as a root proxy
+    // and be sent dials.
     let tls = ClientTls {
         trust: Trust::Cas(target.root_tls_ca_pem.clone()),
         identity: Some((agent.identity.tls_cert_pem.clone(), agent.identity.tls_key_pem.clone())),

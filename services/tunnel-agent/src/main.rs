@@ -33,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Configure => print!("{}", portcullis_config::sample::sample("agent")),
         Command::Version => println!("portcullis-tunnel-agent v{}", env!("CARGO_PKG_VERSION")),
         Command::Start(args) => {
+            // Its identity's keys live in data_dir: keep whatever it makes private.
+            portcullis_pki::datadir::restrict_umask();
             // The agent only dials out: its one optional listener is the diagnostic one.
             let settings = AgentSettings::load(&args.common)?;
             let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "agent");

@@ -99,6 +99,17 @@ pub struct AuthSection {
     /// PEM CA file that signs the root proxy's HTTPS certificate, for `tctl create` of a
     /// trusted_cluster whose root uses a private CA.
     pub trusted_cluster_ca_file: Option<String>,
+    /// The key-encryption key that seals the CA private keys in the database (default
+    /// `<data_dir>/ca-kek`, created on first start).
+    pub ca_key_encryption_key_file: Option<String>,
+    /// Timeouts and connection caps of the gRPC listener.
+    pub connection_limits: Option<crate::limits::ConnectionLimitsSection>,
+    /// Per-user lockout after failed password logins.
+    pub lockout: Option<crate::logins::LockoutSection>,
+    /// How many argon2 hashes run at once and may wait.
+    pub password_hashing: Option<crate::logins::PasswordHashingSection>,
+    /// Per-address token bucket for the unauthenticated `Join` call.
+    pub join_rate_limit: Option<crate::logins::RateLimitSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -115,6 +126,10 @@ pub struct ProxySection {
     pub https_keypairs: Vec<KeyPairPaths>,
     /// On SIGTERM, how long open sessions may finish before they are cut (e.g. `30s`).
     pub shutdown_drain_timeout: Option<String>,
+    /// Timeouts and connection caps of the web, SSH and tunnel listeners.
+    pub connection_limits: Option<crate::limits::ConnectionLimitsSection>,
+    /// Per-address token bucket for the unauthenticated web routes (login, ping, ...).
+    pub rate_limit: Option<crate::logins::RateLimitSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -132,6 +147,8 @@ pub struct SshSection {
     pub public_addr: Option<OneOrMany>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Timeouts and connection caps of the SSH listener.
+    pub connection_limits: Option<crate::limits::ConnectionLimitsSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

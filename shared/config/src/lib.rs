@@ -4,11 +4,15 @@
 
 pub mod file;
 pub mod flags;
+pub mod limits;
+pub mod logins;
 pub mod sample;
 pub mod settings;
 
 pub use file::FileConfig;
 pub use flags::CommonFlags;
+pub use limits::ConnectionLimits;
+pub use logins::{LockoutSettings, LoginLimits, PasswordHashingSettings, RateLimitSettings};
 pub use settings::{
     AgentSettings, AuthSettings, Common, LogSettings, NodeSettings, ProxySettings, StaticToken,
     TracingSettings,

@@ -21,6 +21,24 @@ const AUTH: &str = r#"auth_service:
   listen_addr: 0.0.0.0:3025
   # Static tokens never expire: prefer `tctl tokens add --ttl`.
   tokens: ["trusted_cluster:join-token", "node,proxy:other-token"]
+  # Seals the CA private keys in the database (AES-256-GCM). Created on first start with 32
+  # random bytes, mode 0600; keep it outside database backups and back it up separately:
+  # without it the CAs cannot be used. Default: <data_dir>/ca-kek.
+  # ca_key_encryption_key_file: /etc/portcullis/ca-kek
+  # Every listener: handshake and pre-authentication timeouts, connection caps, keep-alives.
+  connection_limits:
+    handshake_timeout: 10s            # TLS handshake / SSH version exchange
+    pre_auth_timeout: 30s             # SSH: authenticated within this or disconnected
+    max_connections_per_address: 512  # concurrent, per client IP address
+    max_connections: 16384            # concurrent, per listener
+    keepalive_interval: 30s           # TCP, HTTP/2 and SSH; 3 missed and the peer is dropped
+  # Password logins: a user is locked for `duration` after `max_failures` failed logins within
+  # `window` (0 failures: never); `tctl users unlock NAME` lifts it early.
+  lockout: {max_failures: 5, window: 30m, duration: 20m}
+  # argon2 hashes at once (~19 MiB each) and logins that may wait; more are refused at once.
+  password_hashing: {max_concurrent: 2, max_queued: 64}
+  # Join calls per client address: a burst, then per_second (burst 0: no limit).
+  join_rate_limit: {burst: 20, per_second: 5}
 "#;
 
 const PROXY: &str = r#"proxy_service:
@@ -31,12 +49,29 @@ const PROXY: &str = r#"proxy_service:
   ssh_public_addr: rootcluster.example.com:3023
   tunnel_public_addr: rootcluster.example.com:3024
   # https_keypairs: [{key_file: key.pem, cert_file: cert.pem}]   # absent: self-signed
+  # Web, SSH and tunnel listeners: handshake and pre-authentication timeouts, connection caps, keep-alives.
+  connection_limits:
+    handshake_timeout: 10s            # TLS handshake / SSH version exchange
+    pre_auth_timeout: 30s             # SSH: authenticated within this or disconnected
+    max_connections_per_address: 1024 # concurrent, per client IP address
+    max_connections: 16384            # concurrent, per listener
+    keepalive_interval: 30s           # TCP, HTTP/2 and SSH; 3 missed and the peer is dropped
+  # Requests without a client certificate (login, ping, trusted-cluster validation, ...) per
+  # client address: a burst, then per_second; more get 429 with Retry-After (burst 0: no limit).
+  rate_limit: {burst: 20, per_second: 5}
 "#;
 
 const NODE: &str = r#"ssh_service:
   listen_addr: 0.0.0.0:3022
   public_addr: 10.0.5.2:3022
   labels: {env: staging}
+  # Every listener: handshake and pre-authentication timeouts, connection caps, keep-alives.
+  connection_limits:
+    handshake_timeout: 10s            # TLS handshake / SSH version exchange
+    pre_auth_timeout: 30s             # SSH: authenticated within this or disconnected
+    max_connections_per_address: 1024 # concurrent, per client IP address
+    max_connections: 16384            # concurrent, per listener
+    keepalive_interval: 30s           # TCP, HTTP/2 and SSH; 3 missed and the peer is dropped
 "#;
 
 const AGENT: &str = "# The tunnel agent joins its (leaf) cluster with a proxy token and follows its\n# trusted_cluster resources.\n";

@@ -61,6 +61,13 @@ pub struct AuthSettings {
     /// A leaf is offline this long after the last live tunnel report.
     pub tunnel_offline_after: std::time::Duration,
     pub trusted_cluster_ca_file: Option<PathBuf>,
+    /// `auth_service.ca_key_encryption_key_file`: seals the CA private keys at rest; kept
+    /// outside the database so a copy of the database alone cannot sign anything.
+    pub ca_key_encryption_key_file: PathBuf,
+    /// `auth_service.connection_limits`.
+    pub limits: crate::ConnectionLimits,
+    /// `auth_service.lockout`, `password_hashing` and `join_rate_limit`.
+    pub logins: crate::LoginLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +83,10 @@ pub struct ProxySettings {
     pub https_keypairs: Vec<(PathBuf, PathBuf)>,
     /// On SIGTERM, how long open sessions may finish before they are cut.
     pub drain_timeout: std::time::Duration,
+    /// `proxy_service.connection_limits`, for the web, SSH and tunnel listeners.
+    pub limits: crate::ConnectionLimits,
+    /// `proxy_service.rate_limit`: unauthenticated web requests per client address.
+    pub rate_limit: crate::RateLimitSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +94,8 @@ pub struct NodeSettings {
     pub common: Common,
     pub listen_addr: SocketAddr,
     pub public_addr: Option<String>,
+    /// `ssh_service.connection_limits`.
+    pub limits: crate::ConnectionLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +280,11 @@ impl AuthSettings {
                 .map_err(|e| ConfigError::invalid("auth_service.tunnel_offline_after", format!("{v:?}: {e}")))?,
             None => std::time::Duration::from_secs(15),
         };
+        let ca_key_encryption_key_file = match a.ca_key_encryption_key_file.as_deref().map(str::trim) {
+            Some("") => return Err(ConfigError::invalid("auth_service.ca_key_encryption_key_file", "must not be empty")),
+            Some(p) => PathBuf::from(p),
+            None => common.data_dir.join("ca-kek"),
+        };
         Ok(AuthSettings {
             common,
             cluster_name,
@@ -274,6 +292,17 @@ impl AuthSettings {
             static_tokens,
             tunnel_offline_after,
             trusted_cluster_ca_file: a.trusted_cluster_ca_file.clone().map(PathBuf::from),
+            ca_key_encryption_key_file,
+            limits: crate::ConnectionLimits::from_section(
+                "auth_service.connection_limits",
+                a.connection_limits.as_ref(),
+                crate::ConnectionLimits::AUTH,
+            )?,
+            logins: crate::LoginLimits {
+                lockout: crate::LockoutSettings::parse("auth_service.lockout", a.lockout.as_ref())?,
+                hashing: crate::PasswordHashingSettings::parse("auth_service.password_hashing", a.password_hashing.as_ref())?,
+                join_rate_limit: crate::RateLimitSettings::parse("auth_service.join_rate_limit", a.join_rate_limit.as_ref())?,
+            },
         })
     }
 }
@@ -313,6 +342,12 @@ impl ProxySettings {
                 .iter()
                 .map(|k| (PathBuf::from(&k.key_file), PathBuf::from(&k.cert_file)))
                 .collect(),
+            limits: crate::ConnectionLimits::from_section(
+                "proxy_service.connection_limits",
+                p.connection_limits.as_ref(),
+                crate::ConnectionLimits::PROXY,
+            )?,
+            rate_limit: crate::RateLimitSettings::parse("proxy_service.rate_limit", p.rate_limit.as_ref())?,
             common,
         })
     }
@@ -330,6 +365,11 @@ impl NodeSettings {
             listen_addr: parse_addr(
                 "ssh_service.listen_addr",
                 s.listen_addr.as_deref().unwrap_or("0.0.0.0:3022"),
+            )?,
+            limits: crate::ConnectionLimits::from_section(
+                "ssh_service.connection_limits",
+                s.connection_limits.as_ref(),
+                crate::ConnectionLimits::NODE,
             )?,
             public_addr: first(s.public_addr).map(|a| with_default_port(&a, ports::NODE_SSH)),
             common,

@@ -38,7 +38,19 @@ impl Diag {
     /// An empty registry and a service that is not ready yet, for `reason` (shown by
     /// `/readyz`, e.g. "waiting for the auth service").
     pub fn new(reason: impl Into<String>) -> Diag {
-        Diag { metrics: Arc::new(Metrics::new()), ready: Readiness::new(reason) }
+        let metrics = Metrics::new();
+        // Every listener of the process counts into these (see portcullis_net::Gate).
+        metrics.register(
+            "portcullis_listener_refused_connections",
+            "Connections refused by a listener's connection limits, by listener and limit",
+            portcullis_net::refused_connections_family().clone(),
+        );
+        metrics.register(
+            "portcullis_listener_open_connections",
+            "Connections a listener holds now",
+            portcullis_net::open_connections_family().clone(),
+        );
+        Diag { metrics: Arc::new(metrics), ready: Readiness::new(reason) }
     }
 }
 

@@ -17,10 +17,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use portcullis_net::{ConnGuard, ConnectionLimits, Gate, GatedListener};
+
 use crate::Diag;
 
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one diagnostic connection may stay open (scrapes take well under a second).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Binds the diagnostic listener when an address is configured (`diag_service.listen_addr`
@@ -37,19 +41,15 @@ pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListene
 /// Accept errors (out of file descriptors) are logged and retried, never fatal.
 pub async fn serve(listener: TcpListener, diag: Diag, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let mut conns = JoinSet::new();
+    // A few scrapers and probes: idle or flooding clients cannot use up descriptors.
+    let listener = GatedListener::new(listener, Gate::new("diag", ConnectionLimits::DIAG));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    conns.spawn(serve_connection(tcp, peer, diag.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!("accepting a diagnostic connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            (tcp, peer, guard) = listener.accept() => {
+                conns.spawn(serve_connection(tcp, peer, diag.clone(), guard));
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
@@ -84,7 +84,7 @@ pub fn spawn(listener: TcpListener, diag: Diag) -> DiagServer {
     DiagServer { addr, task }
 }
 
-async fn serve_connection(tcp: TcpStream, peer: SocketAddr, diag: Diag) {
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, diag: Diag, _place: ConnGuard) {
     let service = service_fn(move |req| {
         let diag = diag.clone();
         async move { Ok::<_, Infallible>(respond(&diag, &req).await) }
@@ -93,8 +93,11 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, diag: Diag) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tcp), service);
-    if let Err(e) = conn.await {
-        tracing::debug!("diagnostic connection from {peer} ended: {e}");
+    // The header timeout covers each request; this bounds a connection kept open in between.
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Err(e)) => tracing::debug!("diagnostic connection from {peer} ended: {e}"),
+        Err(_) => tracing::debug!("diagnostic connection from {peer} open too long: closed"),
+        Ok(Ok(())) => {}
     }
 }
 

@@ -25,6 +25,10 @@ pub enum PkiError {
     IdentityFile { path: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    #[error(transparent)]
+    Kek(#[from] crate::kek::KekError),
 }
 
 impl From<russh::keys::ssh_key::Error> for PkiError {

@@ -80,21 +80,29 @@ impl Identity {
     }
 }
 
-/// Writes `data` to `path` through a temporary file, readable by the owner only.
+/// Writes `data` to `path` through a temporary file, readable by the owner only (0600
+/// whatever the umask; a missing directory is created 0700).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::datadir::create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
+    // A leftover temporary file keeps its old mode when reopened: start from a new one.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
+            .create_new(true)
+            .mode(crate::datadir::FILE_MODE)
             .open(&tmp)?;
+        // `mode` above is filtered by the umask and may be looser than asked on odd setups.
+        f.set_permissions(std::fs::Permissions::from_mode(crate::datadir::FILE_MODE))?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -122,6 +130,30 @@ mod tests {
         std::fs::write(&path, "{}").unwrap();
         let e = Identity::load(&path).unwrap_err().to_string();
         assert!(e.contains("id.json") && e.contains("not a Portcullis identity"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn save_is_0600_even_over_open_leftovers() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pki-id-{}", crate::random_hex::<8>().unwrap()));
+        let path = dir.join("sub/admin-identity.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // An old identity and a leftover temporary file, both world-readable.
+        for p in [path.clone(), path.with_extension("tmp")] {
+            std::fs::write(&p, "old").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let id = Identity::new(
+            "c".into(), "admin".into(), String::new(), "Admin".into(), "cert".into(),
+            Secret::new("key".into()), vec![], Secret::new(String::new()), String::new(),
+        );
+        id.save(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // A directory it has to make is private too.
+        let fresh = dir.join("new-dir/id.json");
+        id.save(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("new-dir")).unwrap().permissions().mode() & 0o777, 0o700);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,8 +1,10 @@
 //! Key material for Portcullis: SSH and X.509 certificate authorities, identities, secrets.
 #![forbid(unsafe_code)]
 
+pub mod datadir;
 pub mod error;
 pub mod identity;
+pub mod kek;
 pub mod secret;
 pub mod ssh;
 pub mod transport;

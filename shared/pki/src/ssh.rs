@@ -22,6 +22,21 @@ pub const EXT_HOST_ROLE: &str = "x-teleport-role";
 /// Host certificate extension naming the issuing cluster.
 pub const EXT_HOST_AUTHORITY: &str = "x-teleport-authority";
 
+/// Prefix of the placeholder principal of a user certificate whose roles grant no logins
+/// (Teleport's spelling). An empty principal list would mean "any login" to OpenSSH, so
+/// such a certificate names one principal that no Unix account can have (a leading '-').
+pub const NO_LOGIN_PREFIX: &str = "-teleport-nologin-";
+
+/// Whether `login` is the no-login placeholder: never a login a server may grant.
+pub fn is_no_login(login: &str) -> bool {
+    login.starts_with(NO_LOGIN_PREFIX)
+}
+
+/// A fresh placeholder principal, random so it matches no configured login either.
+fn no_login_principal() -> Result<String, PkiError> {
+    Ok(format!("{NO_LOGIN_PREFIX}{}", hex::encode(random_bytes::<16>()?)))
+}
+
 /// Certificates are valid from one minute in the past, to tolerate clock skew.
 const BACKDATE_SECS: u64 = 60;
 
@@ -154,8 +169,12 @@ impl SshCa {
         let mut b = self.builder(&req.public_key, req.ttl)?;
         b.cert_type(CertType::User)?;
         b.key_id(req.username.clone())?;
-        for p in &req.principals {
-            b.valid_principal(p.clone())?;
+        let mut principals: Vec<String> = req.principals.iter().filter(|p| !is_no_login(p)).cloned().collect();
+        if principals.is_empty() {
+            principals.push(no_login_principal()?);
+        }
+        for p in principals {
+            b.valid_principal(p)?;
         }
         b.extension("permit-pty", "")?;
         if req.permit_port_forwarding {
@@ -320,6 +339,22 @@ pub fn format_unix(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_logins_get_one_placeholder_principal() {
+        let ca = SshCa::generate().unwrap();
+        let key = generate_key().unwrap();
+        let mut req = user_req(&key, Duration::from_secs(60));
+        req.principals = vec![];
+        let cert = ca.sign_user_cert(&req).unwrap();
+        let p = cert.valid_principals();
+        assert_eq!(p.len(), 1, "never an empty list, which OpenSSH reads as any login: {p:?}");
+        assert!(is_no_login(&p[0]) && p[0].len() > NO_LOGIN_PREFIX.len(), "{p:?}");
+        // A configured login spelled like the placeholder is dropped, not granted.
+        req.principals = vec![format!("{NO_LOGIN_PREFIX}x"), "alice".into()];
+        let cert = ca.sign_user_cert(&req).unwrap();
+        assert_eq!(cert.valid_principals(), ["alice".to_string()]);
+    }
 
     fn user_req(key: &PrivateKey, ttl: Duration) -> UserCertRequest {
         UserCertRequest {

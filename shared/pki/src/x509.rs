@@ -17,6 +17,23 @@ use crate::{PkiError, Secret, random_bytes};
 pub const AUTH_SERVER_NAME: &str = "auth.portcullis.local";
 /// Name every proxy's tunnel-server certificate carries.
 pub const PROXY_SERVER_NAME: &str = "proxy.portcullis.local";
+/// The domain of the fixed server names: only the auth service hands out names in it, and
+/// only to the role each name stands for, so no joining host may ask for one.
+pub const RESERVED_DOMAIN: &str = "portcullis.local";
+
+/// Whether `name` is one of the fixed server names or lies under their domain
+/// (case-insensitive; a trailing dot is ignored).
+pub fn is_reserved_server_name(name: &str) -> bool {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n == RESERVED_DOMAIN || n.ends_with(&format!(".{RESERVED_DOMAIN}"))
+}
+
+/// Whether certificates for `system_roles` may serve TLS (carry the ServerAuth usage): only
+/// the auth service and proxies (tunnel server) do. Nodes, agents, users and admins are
+/// clients only, so their certificates can never pose as a server to a WebPKI check.
+pub fn serves_tls(system_roles: &[String]) -> bool {
+    system_roles.iter().any(|r| r == system_role::AUTH || r == system_role::PROXY)
+}
 
 /// Private-arc OID for the extension that carries roles, traits and route (JSON).
 const IDENTITY_EXT_OID: &[u64] = &[1, 3, 9999, 7, 1];
@@ -61,6 +78,10 @@ pub struct TlsIdentity {
     /// Expiry, Unix seconds.
     #[serde(default)]
     pub not_after: i64,
+    /// Subject alternative names (DNS names, and IP addresses as text): for a host, the
+    /// node name and host id it joined with, which its announcements must match.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
 }
 
 impl TlsIdentity {
@@ -166,8 +187,10 @@ impl TlsCa {
             params.subject_alt_names.push(san);
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if serves_tls(&req.system_roles) {
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = now + time::Duration::try_from(req.ttl).unwrap_or(time::Duration::hours(12));
@@ -239,7 +262,36 @@ pub fn parse_identity(der: &[u8]) -> Result<TlsIdentity, PkiError> {
             id.route_to_cluster = e.route_to_cluster;
         }
     }
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        use x509_parser::extensions::GeneralName;
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => id.dns_names.push((*d).to_string()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    id.dns_names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(id)
+}
+
+/// Whether a certificate (DER) allows the TLS server usage: no EKU extension at all, or one
+/// listing ServerAuth (or anyExtendedKeyUsage), as a WebPKI check would decide.
+pub fn allows_server_auth(der: &[u8]) -> Result<bool, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::X509(format!("unreadable certificate: {e}")))?;
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) => Ok(eku.value.server_auth || eku.value.any),
+        Ok(None) => Ok(true),
+        Err(e) => Err(PkiError::X509(format!("bad extended key usage: {e}"))),
+    }
 }
 
 /// DER bytes of every certificate in a PEM bundle.
@@ -318,9 +370,49 @@ mod tests {
         assert_eq!(id.system_roles, vec!["User"]);
         assert_eq!(id.roles, vec!["access"]);
         assert_eq!(id.route_to_cluster, "leaf");
+        assert_eq!(id.dns_names, vec!["localhost", "127.0.0.1"]);
 
         let other = TlsCa::generate("evil").unwrap();
         assert!(verify_client_cert(&der, &[other.cert_pem().to_string()]).is_err());
+    }
+
+    #[test]
+    fn only_auth_and_proxy_certificates_may_serve_tls() {
+        let ca = TlsCa::generate("c").unwrap();
+        let key = generate_key().unwrap();
+        for (role, serves) in [
+            (system_role::AUTH, true),
+            (system_role::PROXY, true),
+            (system_role::NODE, false),
+            (system_role::AGENT, false),
+            (system_role::USER, false),
+            (system_role::ADMIN, false),
+        ] {
+            let pem = ca
+                .issue(&TlsCertRequest {
+                    public_key_der: public_key_der(&key),
+                    name: "h".into(),
+                    system_roles: vec![role.into()],
+                    dns_names: vec!["h.example.com".into()],
+                    ttl: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .unwrap();
+            let der = pem_to_ders(&pem).unwrap().remove(0);
+            assert_eq!(allows_server_auth(&der).unwrap(), serves, "{role}");
+            // Every identity still works as a client.
+            assert!(verify_client_cert(&der, &[ca.cert_pem().to_string()]).is_ok(), "{role}");
+        }
+    }
+
+    #[test]
+    fn fixed_server_names_and_their_domain_are_reserved() {
+        for n in [AUTH_SERVER_NAME, PROXY_SERVER_NAME, "portcullis.local", "x.Portcullis.Local", "AUTH.portcullis.local."] {
+            assert!(is_reserved_server_name(n), "{n}");
+        }
+        for n in ["node-1", "portcullis.localhost", "evilportcullis.local", "auth.example.com"] {
+            assert!(!is_reserved_server_name(n), "{n}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Mutual-TLS gRPC channels. TLS is done here rather than by tonic so that a first join
 //! can trust the server by CA pin, and so every client checks the same fixed server name
-//! whatever address it dialled.
+//! whatever address it dialled, and the system role that name stands for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::traced::TracedChannel;
 
-use crate::verify::{InsecureVerifier, PinVerifier, ca_verifier};
+use crate::verify::{InsecureVerifier, PinVerifier, RoleVerifier, ca_verifier, find_wrong_role, server_role_for};
 use crate::{RpcError, crypto_provider};
 
 /// How the client decides to trust the server.
@@ -34,7 +34,8 @@ pub struct ClientTls {
     pub trust: Trust,
     /// Client certificate (PEM) and key (PEM); none for the join call.
     pub identity: Option<(String, Secret<String>)>,
-    /// The name the server certificate must carry, e.g. `auth.portcullis.local`.
+    /// The name the server certificate must carry, e.g. `auth.portcullis.local`. It also
+    /// fixes the system role the server must hold (see [`server_role_for`]).
     pub server_name: String,
 }
 
@@ -54,19 +55,26 @@ impl ClientTls {
         let builder = ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?;
-        let builder = match &self.trust {
+        // Every server name a client checks belongs to one system role; a name without one
+        // would leave the role unchecked, so it is refused here rather than trusted.
+        let role = server_role_for(&self.server_name).ok_or_else(|| {
+            RpcError::Tls(format!(
+                "no system role is known for the server name {:?}: a client must check the server's role",
+                self.server_name
+            ))
+        })?;
+        let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &self.trust {
             Trust::Cas(pems) => {
                 let mut ders = Vec::new();
                 for p in pems {
                     ders.extend(portcullis_pki::x509::pem_to_ders(p)?);
                 }
-                builder.with_webpki_verifier(ca_verifier(&ders).map_err(|e| tls(&e))?)
+                ca_verifier(&ders).map_err(|e| tls(&e))?
             }
-            Trust::Pins(pins) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier { pins: pins.clone() })),
-            Trust::Insecure => builder.dangerous().with_custom_certificate_verifier(Arc::new(InsecureVerifier)),
+            Trust::Pins(pins) => Arc::new(PinVerifier { pins: pins.clone() }),
+            Trust::Insecure => Arc::new(InsecureVerifier),
         };
+        let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(RoleVerifier { inner, role }));
         let mut cfg = match &self.identity {
             Some((cert, key)) => {
                 let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(cert.as_bytes()).collect();
@@ -121,7 +129,11 @@ fn connector(
             let tls = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, crate::read_buffered(tcp))
                 .await
-                .map_err(|e| std::io::Error::other(format!("TLS handshake with {host}:{port} failed: {e}")))?;
+                .map_err(|e| match find_wrong_role(&e) {
+                    // The role refusal is the whole story: say it plainly, with the address.
+                    Some(w) => std::io::Error::other(w.describe(Some(&format!("{host}:{port}")))),
+                    None => std::io::Error::other(format!("TLS handshake with {host}:{port} failed: {e}")),
+                })?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     }))

@@ -35,6 +35,12 @@ pub fn identity_path(data_dir: &Path, role: &str) -> PathBuf {
 /// `role` is `node`, `proxy` or `agent`; `principals` are extra SSH host principals
 /// (addresses the service is reached at).
 pub async fn join_or_load(common: &Common, role: &str, principals: &[String]) -> Result<Identity, JoinError> {
+    // The identity's private keys live in data_dir: it must be private before we read or
+    // write anything there (an existing one others can read is refused, saying how to fix it).
+    let prepared = portcullis_pki::datadir::prepare(&common.data_dir).map_err(portcullis_pki::PkiError::from)?;
+    if !prepared.fixed.is_empty() {
+        tracing::warn!(data_dir = %common.data_dir.display(), count = prepared.fixed.len(), "made files in the data directory private (0600/0700)");
+    }
     let path = identity_path(&common.data_dir, role);
     if path.exists() {
         let id = Identity::load(&path)?;
@@ -55,7 +61,6 @@ pub async fn join_or_load(common: &Common, role: &str, principals: &[String]) ->
         Trust::Insecure
     };
     let id = join(&addr, trust, token, role, &common.nodename, principals).await?;
-    std::fs::create_dir_all(&common.data_dir).map_err(portcullis_pki::PkiError::from)?;
     id.save(&path)?;
     tracing::info!(host_id = %id.name, cluster = %id.cluster_name, "joined the cluster; identity kept in {}", path.display());
     Ok(id)

@@ -5,7 +5,9 @@
 pub mod client;
 pub mod join;
 pub mod peer;
+pub mod rate_limit;
 pub mod server;
+pub mod ssh_ident;
 pub mod telemetry;
 mod traced;
 pub mod verify;

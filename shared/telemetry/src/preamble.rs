@@ -22,6 +22,17 @@ pub async fn write<W: AsyncWrite + Unpin>(w: &mut W) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes the trace preamble, or one saying there is no trace (`PORTCULLIS-TRACE -`): a
+/// node stops waiting for a preamble at once and sends its SSH identification line, which
+/// a dialler that checks the line before relaying (see `portcullis_rpc::ssh_ident`) needs
+/// without the node's preamble wait. A node reads `-` as "no trace".
+pub async fn write_or_none<W: AsyncWrite + Unpin>(w: &mut W) -> std::io::Result<()> {
+    match crate::current_traceparent() {
+        Some(tp) => w.write_all(format!("PORTCULLIS-TRACE {tp}\r\n").as_bytes()).await,
+        None => w.write_all(b"PORTCULLIS-TRACE -\r\n").await,
+    }
+}
+
 /// Reads a preamble from the start of `tcp` when there is one, leaving the SSH bytes
 /// unread. Waits at most `wait` for the first bytes (a client that waits for the server's
 /// banner sends nothing first). Returns the `traceparent`.
@@ -93,6 +104,20 @@ mod tests {
         let mut rest = [0u8; 11];
         s.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"SSH-2.0-y\r\n");
+        drop(client.await.unwrap());
+
+        // "No trace": the line is consumed at once, without waiting, and the SSH bytes stay.
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            write_or_none(&mut c).await.unwrap();
+            c.write_all(b"SSH-2.0-z\r\n").await.unwrap();
+            c
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        assert_eq!(read(&mut s, Duration::from_secs(5)).await, None);
+        let mut rest = [0u8; 11];
+        s.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"SSH-2.0-z\r\n");
         drop(client.await.unwrap());
 
         // A silent client: give up after the wait.

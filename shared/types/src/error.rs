@@ -82,6 +82,10 @@ pub enum TypesError {
     #[error("invalid resource reference \"{input}\": {reason}")]
     InvalidReference { input: String, reason: String },
 
+    /// A cluster name that is not a DNS name (see `validate_cluster_name`).
+    #[error("invalid cluster name {name:?}: {reason}; a cluster name must be a DNS name")]
+    InvalidClusterName { name: String, reason: String },
+
     #[error("cannot serialize resource: {0}")]
     Serialize(String),
 }

@@ -30,5 +30,5 @@ pub use role::{Role, RoleConditions, RoleOptions, RoleSpec, preset_roles};
 pub use role_map::{RoleMapping, map_roles, validate_role_map};
 pub use token::{ProvisionToken, ProvisionTokenSpec, SystemRole};
 pub use traits::{Traits, expand_template, expand_values};
-pub use trusted_cluster::{TrustedCluster, TrustedClusterSpec};
+pub use trusted_cluster::{TrustedCluster, TrustedClusterSpec, validate_cluster_name};
 pub use user::{User, UserSpec};

@@ -69,6 +69,8 @@ impl RemoteCluster {
             &self.version,
             &self.metadata,
         )?;
+        // The name is a leaf's cluster name: the same DNS rule as at registration.
+        crate::trusted_cluster::validate_cluster_name(&self.metadata.name)?;
         if self.status.connection != ONLINE && self.status.connection != OFFLINE {
             return Err(TypesError::invalid(
                 "remote_cluster",

@@ -132,6 +132,8 @@ impl TrustedCluster {
             ));
         }
         validate_role_map(&self.spec.role_map).map_err(|e| invalid(e.to_string()))?;
+        // The name is the root cluster's: it scopes the root's host CA on this side.
+        validate_cluster_name(&self.metadata.name)?;
         for (field, addr) in [
             ("tunnel_addr", &self.spec.tunnel_addr),
             ("web_proxy_addr", &self.spec.web_proxy_addr),
@@ -144,6 +146,44 @@ impl TrustedCluster {
         }
         Ok(())
     }
+}
+
+/// Longest DNS name, in characters.
+const MAX_CLUSTER_NAME: usize = 253;
+/// Longest DNS label.
+const MAX_LABEL: usize = 63;
+
+/// Checks that `name` can name a cluster: a DNS name of lowercase letters, digits, '-' and
+/// '.', labels of 1 to 63 characters not starting or ending with '-', at most 253 in all.
+/// Cluster names end up in known_hosts patterns (`*.<cluster>`), storage keys and file
+/// names, so anything else ('/', '..', '*', spaces) could widen a host CA's scope or
+/// escape a path. The error names the rule that was broken.
+pub fn validate_cluster_name(name: &str) -> Result<(), TypesError> {
+    let invalid = |why: &str| TypesError::InvalidClusterName { name: name.to_string(), reason: why.to_string() };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > MAX_CLUSTER_NAME {
+        return Err(invalid("it is longer than 253 characters"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.')) {
+        let shown = if c.is_control() || c.is_whitespace() { format!("{:?}", c) } else { format!("'{c}'") };
+        return Err(invalid(&format!(
+            "{shown} is not allowed (only lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(invalid("it has an empty label (leading, trailing or doubled '.')"));
+        }
+        if label.len() > MAX_LABEL {
+            return Err(invalid("a label is longer than 63 characters"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(invalid("a label starts or ends with '-'"));
+        }
+    }
+    Ok(())
 }
 
 /// `host:port` from a configured address (scheme stripped, default port added) or the name.
@@ -214,6 +254,43 @@ mod tests {
             tc.validate().unwrap_err().to_string(),
             "trusted_cluster \"main\": set either spec.role_map or the legacy spec.roles, not both"
         );
+    }
+
+    #[test]
+    fn cluster_names_must_be_dns_names() {
+        for good in ["leaf", "leaf.example.com", "a-b.c1", "x", &"a".repeat(63)] {
+            validate_cluster_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let long = ["a".repeat(60), "b".repeat(60), "c".repeat(60), "d".repeat(60), "e".repeat(10)].join(".");
+        let cases: &[(&str, &str)] = &[
+            ("evil/../x", "'/' is not allowed"),
+            ("evil..x", "empty label"),
+            ("..", "empty label"),
+            ("*", "'*' is not allowed"),
+            ("*.example.com", "'*' is not allowed"),
+            ("has space", "' ' is not allowed"),
+            ("Leaf", "'L' is not allowed"),
+            ("leaf.", "empty label"),
+            ("-leaf", "starts or ends with '-'"),
+            ("", "it is empty"),
+            (&long, "longer than 253"),
+        ];
+        for (bad, why) in cases {
+            let err = validate_cluster_name(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(err.contains(&format!("cluster name {bad:?}")), "the error names the name: {err}");
+        }
+        let label64 = "a".repeat(64);
+        assert!(validate_cluster_name(&label64).unwrap_err().to_string().contains("label is longer than 63"));
+    }
+
+    #[test]
+    fn trusted_cluster_name_is_checked() {
+        let tc = TrustedCluster::new("root.example.com", "t", vec![RoleMapping::new("a", vec!["b".into()])]);
+        tc.validate().unwrap();
+        let tc = TrustedCluster::new("Root*", "t", vec![RoleMapping::new("a", vec!["b".into()])]);
+        let err = tc.validate().unwrap_err().to_string();
+        assert!(err.contains("invalid cluster name \"Root*\""), "{err}");
     }
 
     #[test]

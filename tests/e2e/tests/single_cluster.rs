@@ -119,10 +119,8 @@ fn single_cluster_end_to_end() {
     let exp = short.run(&["ssh", &format!("{}@devnode", lab.login), "true"]);
     assert_ne!(exp.code, 0);
     assert!(exp.stderr.contains("expired"), "{}", exp.stderr);
-    assert!(
-        c.audit_events().iter().any(|e| e["event"] == "auth" && e["error"].as_str().unwrap_or("").contains("expired")),
-        "expired certificate refusal is audited"
-    );
+    // tsh refuses locally: /webapi/ssh/authorize answers only a valid TLS client
+    // certificate (issue 11), and that expired with the SSH one, so nothing is audited.
 
     // OpenSSH reads the certificate tsh saved.
     let (key, cert) = tsh.key_paths("127.0.0.1", "alice");

@@ -89,6 +89,14 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
         .map(|l| portcullis_pki::ssh::parse_public_key(l))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("login: SSH host CA", e.to_string()))?;
+    let mut leaf_host_cas = Vec::new();
+    for leaf in &resp.leaf_host_cas {
+        for line in &leaf.ssh_host_ca {
+            let key = portcullis_pki::ssh::parse_public_key(line)
+                .map_err(|e| bad("login: leaf SSH host CA", e.to_string()))?;
+            leaf_host_cas.push((leaf.cluster_name.clone(), key));
+        }
+    }
     if resp.cas.tls_ca_pem.is_empty() {
         return Err(bad("login", "no TLS CA certificate in the answer".into()));
     }
@@ -120,6 +128,7 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
         tls_key_pem: Secret::new(tls_key.serialize_pem()),
         tls_ca_pems: resp.cas.tls_ca_pem,
         ssh_host_cas,
+        leaf_host_cas,
     };
     ctx.store.save_credentials(&profile, &creds)?;
     ctx.store.save(&profile)?;

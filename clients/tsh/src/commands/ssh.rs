@@ -51,12 +51,17 @@ pub fn node_names(host: &str, port: u16, cluster: &str) -> Vec<String> {
 struct Explainer<'a> {
     ctx: &'a Context,
     profile: &'a Profile,
+    creds: &'a crate::profile::Credentials,
     request: AuthorizeRequest,
 }
 
 impl Explainer<'_> {
     async fn ask(&self) -> Result<crate::http::AuthorizeResponse, TshError> {
-        self.ctx.web(self.profile)?.authorize(&self.request).await
+        // The proxy answers only the holder of the certificate: present the TLS one.
+        self.ctx
+            .web_as_user(self.profile, self.creds)?
+            .authorize(&self.request)
+            .await
     }
 
     /// The expired certificate is refused without connecting; the call makes the refusal
@@ -149,6 +154,7 @@ async fn ssh_traced(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     let explain = Explainer {
         ctx,
         profile: &profile,
+        creds: &creds,
         request: AuthorizeRequest {
             ssh_cert: cert_line,
             login: login.clone(),
@@ -165,11 +171,14 @@ async fn ssh_traced(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
     if host.parse::<IpAddr>().is_ok() {
         names.extend(node_aliases(ctx, &profile, &creds, &cluster, &host, port).await);
     }
-    let cas = Arc::new(creds.ssh_host_cas.clone());
+    // The proxy is a host of the cluster logged in to; the node is a host of `cluster`, and
+    // only that cluster's host CA may vouch for it.
+    let proxy_cas = Arc::new(creds.ssh_host_cas.clone());
+    let cas = Arc::new(creds.host_cas_for(&cluster, &profile.cluster));
     let key = Arc::new(creds.ssh_key.clone());
 
     let (mut proxy, proxy_state) =
-        client::connect_proxy(&profile.ssh_proxy_addr, cas.clone()).await?;
+        client::connect_proxy(&profile.ssh_proxy_addr, proxy_cas).await?;
     let auth = proxy
         .authenticate_openssh_cert(login.clone(), key.clone(), creds.ssh_cert.clone())
         .await
@@ -190,7 +199,13 @@ async fn ssh_traced(ctx: &Context, args: &SshArgs) -> Result<i32, TshError> {
         route::subsystem(&proxy, &subsystem, &host_part, &proxy_state, traceparent.as_deref()).await?
     };
 
-    let (handler, node_state) = HostCheck::new(cas, Expect::Node { names });
+    let (handler, node_state) = HostCheck::new(
+        cas,
+        Expect::Node {
+            names,
+            cluster: cluster.clone(),
+        },
+    );
     let node = match stream {
         NodeStream::Direct(s) => {
             client::handshake(s, handler, "the node", &host_part, &node_state).await

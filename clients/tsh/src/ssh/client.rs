@@ -21,8 +21,9 @@ pub enum Expect {
     /// The proxy: any valid certificate of the host CA with the `Proxy` role, or one naming
     /// the host it was dialled by.
     Proxy { dial_host: String },
-    /// A node: the certificate must name one of these (the HOST the user gave, its id, ...).
-    Node { names: Vec<String> },
+    /// A node of `cluster`: the certificate must name one of these (the HOST the user gave,
+    /// its id, ...), and only that cluster's host CA may have signed it.
+    Node { names: Vec<String>, cluster: String },
 }
 
 impl Expect {
@@ -88,7 +89,12 @@ pub fn check_host_key(
         ));
     };
     if cas.is_empty() {
-        return Err("no host CA was saved at login; run 'tsh login' again".into());
+        return Err(match expect {
+            Expect::Node { cluster, .. } => format!(
+                "no host CA of cluster {cluster:?} was saved at login; run 'tsh login' again"
+            ),
+            Expect::Proxy { .. } => "no host CA was saved at login; run 'tsh login' again".into(),
+        });
     }
     check_host_cert(cert, cas, expect, now)
 }
@@ -103,8 +109,15 @@ fn check_host_cert(
     // Signature, validity and certificate type are checked once, with a principal the
     // certificate has; which names are acceptable is decided below.
     let any = principals.first().map(String::as_str).unwrap_or_default();
-    verify_host_cert(cert, cas, any, now)
-        .map_err(|e| format!("{} host certificate: {e}", expect.what()))?;
+    verify_host_cert(cert, cas, any, now).map_err(|e| match expect {
+        // Each cluster's hosts are vouched for by its own host CA only: a leaf's CA can
+        // never pass for the root's hosts, nor for another leaf's.
+        Expect::Node { cluster, .. } => format!(
+            "{} host certificate: {e} (only the host CA of cluster {cluster:?} is accepted for its nodes)",
+            expect.what()
+        ),
+        Expect::Proxy { .. } => format!("{} host certificate: {e}", expect.what()),
+    })?;
     let names: &[String] = match expect {
         Expect::Proxy { dial_host } => {
             if cert.extensions().get(EXT_HOST_ROLE).map(String::as_str) == Some("Proxy") {
@@ -112,7 +125,7 @@ fn check_host_cert(
             }
             std::slice::from_ref(dial_host)
         }
-        Expect::Node { names } => names,
+        Expect::Node { names, .. } => names,
     };
     if names.iter().any(|n| principals.contains(n)) {
         return Ok(());
@@ -293,6 +306,7 @@ mod tests {
                 &cas,
                 &Expect::Node {
                     names: vec![name.into()],
+                    cluster: "root".into(),
                 },
                 now,
             )
@@ -303,6 +317,7 @@ mod tests {
             &cas,
             &Expect::Node {
                 names: vec!["node-2".into()],
+                cluster: "root".into(),
             },
             now,
         )
@@ -338,5 +353,28 @@ mod tests {
         let plain = PublicKeyOrCertificate::from(generate_key().unwrap().public_key().clone());
         let err = check_host_key(&plain, &cas, &proxy, now).unwrap_err();
         assert!(err.contains("plain host key"), "{err}");
+    }
+
+    #[test]
+    fn a_leaf_ca_never_vouches_for_a_root_node() {
+        let root_ca = SshCa::generate().unwrap();
+        let leaf_ca = SshCa::generate().unwrap();
+        let now = portcullis_pki::unix_now();
+        // A leaf CA signs a certificate naming a root node, as a hostile leaf would.
+        let fake = PublicKeyOrCertificate::Certificate(host_cert(&leaf_ca, "Node"));
+        let root_node = Expect::Node {
+            names: vec!["node-1".into()],
+            cluster: "root".into(),
+        };
+        // tsh hands the check the dialled cluster's CAs only (Credentials::host_cas_for).
+        let err = check_host_key(&fake, &[root_ca.public_key().clone()], &root_node, now).unwrap_err();
+        assert!(err.contains("only the host CA of cluster \"root\""), "{err}");
+        let unknown_leaf = Expect::Node {
+            names: vec!["node-1".into()],
+            cluster: "leaf".into(),
+        };
+        let err = check_host_key(&fake, &[], &unknown_leaf, now).unwrap_err();
+        assert!(err.contains("no host CA of cluster \"leaf\""), "{err}");
+        check_host_key(&fake, &[leaf_ca.public_key().clone()], &unknown_leaf, now).unwrap();
     }
 }

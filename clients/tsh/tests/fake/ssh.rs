@@ -301,6 +301,8 @@ pub fn login(pki: &Pki, home: &std::path::Path, ssh_addr: &str, ttl: Duration) {
         tls_key_pem: Secret::new(String::new()),
         tls_ca_pems: vec![],
         ssh_host_cas: vec![pki.host_ca.public_key().clone()],
+        // The fake's "leaf" node is signed by the same CA; tsh trusts it for leaf hosts only.
+        leaf_host_cas: vec![("leaf".into(), pki.host_ca.public_key().clone())],
     };
     store.save_credentials(&profile, &creds).unwrap();
     store.save(&profile).unwrap();

@@ -217,6 +217,7 @@ fn login(state: &WebState, req: &Value) -> (&'static str, Value) {
         json!({"username": s("user"), "cluster_name": state.cluster, "ssh_cert": cert.to_openssh().unwrap(),
                "tls_cert_pem": tls_cert,
                "cas": {"tls_ca_pem": [state.tls_ca.cert_pem()], "ssh_user_ca": [state.user_ca.public_line().unwrap()],
-                       "ssh_host_ca": [state.host_ca_line]}}),
+                       "ssh_host_ca": [state.host_ca_line]},
+               "leaf_host_cas": [{"cluster_name": "leaf", "ssh_host_ca": [state.host_ca_line]}]}),
     )
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_net::{ConnectionLimits, Gate, GatedListener, PreAuth};
 use portcullis_pki::Identity;
 use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Session, VerifiedPublicKey};
@@ -29,6 +30,8 @@ use crate::state::ProxyState;
 use crate::ProxyError;
 use subsystem::parse_proxy_subsystem;
 
+/// What a client that did not authenticate in time is told.
+const PRE_AUTH_EXPIRED: &str = "authentication timed out (connection_limits.pre_auth_timeout)";
 /// SSH "connect failed" reason code, sent with a readable reason.
 const CONNECT_FAILED: u32 = 2;
 /// SSH extended data type for stderr.
@@ -66,9 +69,25 @@ pub async fn serve(
     state: Arc<ProxyState>,
     listener: TcpListener,
     config: Arc<Config>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<(), ProxyError> {
+    serve_limited(state, listener, config, stop, drain, ConnectionLimits::PROXY).await
+}
+
+/// [`serve`] with `limits`: connections beyond the per-address or total cap are closed at
+/// once; a client must finish the SSH version exchange within the handshake timeout and
+/// authenticate within the pre-authentication timeout (both counted from the TCP accept),
+/// or it is disconnected.
+pub async fn serve_limited(
+    state: Arc<ProxyState>,
+    listener: TcpListener,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    limits: ConnectionLimits,
+) -> Result<(), ProxyError> {
+    let listener = GatedListener::new(listener, Gate::new("proxy_ssh", limits));
     let mut conns: JoinSet<()> = JoinSet::new();
     // Live connections' handles, to disconnect whatever is left after draining.
     let handles: Arc<std::sync::Mutex<HashMap<u64, russh::server::Handle>>> = Default::default();
@@ -80,43 +99,44 @@ pub async fn serve(
     tokio::pin!(stopped);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!("set_nodelay failed: {e}");
-                    }
-                    let conn = SshConn {
-                        state: state.clone(),
-                        peer: Some(peer),
-                        user: None,
-                        sessions: HashMap::new(),
-                        traces: HashMap::new(),
+            (tcp, peer, place) = listener.accept() => {
+                let deadline = tokio::time::Instant::now() + limits.pre_auth_timeout;
+                let pre_auth = PreAuth::default();
+                let conn = SshConn {
+                    state: state.clone(),
+                    peer: Some(peer),
+                    user: None,
+                    sessions: HashMap::new(),
+                    traces: HashMap::new(),
+                    pre_auth: pre_auth.clone(),
+                };
+                let (config, handles) = (config.clone(), handles.clone());
+                next_id += 1;
+                let id = next_id;
+                conns.spawn(async move {
+                    let _place = place;
+                    let tcp = pre_auth.wrap(tcp);
+                    let session = match tokio::time::timeout(limits.handshake_timeout, russh::server::run_stream(config, tcp, conn)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%peer, "SSH handshake failed: {e}"),
+                        Err(_) => return tracing::debug!(%peer, "SSH client sent no version line in time: closed"),
                     };
-                    let (config, handles) = (config.clone(), handles.clone());
-                    next_id += 1;
-                    let id = next_id;
-                    conns.spawn(async move {
-                        match russh::server::run_stream(config, tcp, conn).await {
-                            Ok(session) => {
-                                if let Ok(mut h) = handles.lock() {
-                                    h.insert(id, session.handle());
-                                }
-                                if let Err(e) = session.await {
-                                    tracing::debug!(%peer, "SSH connection ended: {e}");
-                                }
-                                if let Ok(mut h) = handles.lock() {
-                                    h.remove(&id);
-                                }
-                            }
-                            Err(e) => tracing::debug!(%peer, "SSH handshake failed: {e}"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!("accepting an SSH connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                    let handle = session.handle();
+                    if let Ok(mut h) = handles.lock() {
+                        h.insert(id, handle.clone());
+                    }
+                    let say_why = async move {
+                        let _ = handle.disconnect(russh::Disconnect::ByApplication, PRE_AUTH_EXPIRED.into(), String::new()).await;
+                    };
+                    match pre_auth.drive(session, deadline, say_why).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(%peer, "SSH connection ended: {e}"),
+                        Err(_) => tracing::debug!(%peer, "SSH client did not authenticate within {}s: disconnected", limits.pre_auth_timeout.as_secs()),
+                    }
+                    if let Ok(mut h) = handles.lock() {
+                        h.remove(&id);
+                    }
+                });
             },
             _ = &mut stopped => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -162,6 +182,8 @@ pub struct SshConn {
     sessions: HashMap<ChannelId, Channel<Msg>>,
     /// `TRACEPARENT` sent by tsh (an `env` request) on a session channel, by channel.
     traces: HashMap<ChannelId, String>,
+    /// Marked when the certificate is accepted; until then the pre-auth deadline runs.
+    pre_auth: PreAuth,
 }
 
 impl SshConn {
@@ -202,6 +224,7 @@ impl Handler for SshConn {
                     route_to_cluster: info.route_to_cluster,
                     ssh_cert: cert.to_openssh().unwrap_or_default(),
                 });
+                self.pre_auth.authenticated();
                 Ok(Auth::Accept)
             }
             Err(e) => {

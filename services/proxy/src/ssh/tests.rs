@@ -22,15 +22,36 @@ impl client::Handler for Client {
     }
 }
 
-/// A TCP server that echoes what it reads, standing in for a node.
+/// The identification line the echo "node" sends, as an SSH server would.
+const IDENT: &[u8] = b"SSH-2.0-echo\r\n";
+
+/// A TCP server standing in for a node: takes the proxy's trace preamble, identifies as an
+/// SSH server, then echoes what it reads.
 async fn echo_server() -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
+                let _ = portcullis_telemetry::preamble::read(&mut s, Duration::from_secs(1)).await;
+                let _ = s.write_all(IDENT).await;
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that answers like a web server and never as an SSH server.
+async fn http_server() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
             });
         }
     });
@@ -83,6 +104,10 @@ async fn connect(addr: std::net::SocketAddr) -> client::Handle<Client> {
 }
 
 async fn echo_through(stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), msg: &[u8]) {
+    // The node's identification line comes first, passed on unchanged by the proxy.
+    let mut ident = vec![0u8; IDENT.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut ident)).await.unwrap().unwrap();
+    assert_eq!(ident, IDENT);
     stream.write_all(msg).await.unwrap();
     stream.flush().await.unwrap();
     let mut buf = vec![0u8; msg.len()];
@@ -109,7 +134,9 @@ async fn stderr_of(mut ch: russh::Channel<client::Msg>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_users_reach_nodes() {
     let node_addr = echo_server().await;
-    let fake = Arc::new(FakeAuth { nodes: vec![testutil::node("id-1", "node-1", &node_addr)], ..Default::default() });
+    let web = http_server().await;
+    let nodes = vec![testutil::node("id-1", "node-1", &node_addr), testutil::node("id-2", "web-1", &web)];
+    let fake = Arc::new(FakeAuth { nodes, ..Default::default() });
     let user_ca = SshCa::generate().unwrap();
     let state = testutil::state(Some(testutil::serve_fake(fake.clone()).await), vec![user_ca.public_key().clone()]);
     let config = Arc::new(super::config(&identity(&SshCa::generate().unwrap())).unwrap());
@@ -161,6 +188,22 @@ async fn certificate_users_reach_nodes() {
     let ch = h.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "proxy:ghost").await.unwrap();
     assert_eq!(stderr_of(ch).await.trim(), "node \"ghost\" is not found");
+
+    // A registered "node" that does not answer as an SSH server is never relayed to.
+    let ch = h.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "proxy:web-1").await.unwrap();
+    let e = stderr_of(ch).await;
+    assert!(e.contains(&format!("cannot connect to node web-1 at {web}")) && e.contains("not an SSH server"), "{e}");
+
+    // A cluster's auth service is no target for a user session.
+    let ch = h.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "proxy:@auth@root.example.com").await.unwrap();
+    assert_eq!(
+        stderr_of(ch).await.trim(),
+        "cannot reach \"@auth\" in cluster \"root.example.com\": it is the cluster's auth service, which user \
+         sessions may not reach through the proxy (only the root proxy itself may)"
+    );
+    assert!(!fake.resolved.lock().unwrap().iter().any(|(h, _)| h.starts_with('@')), "never resolved");
 
     // A shell is refused with an explanation.
     let ch = h.channel_open_session().await.unwrap();

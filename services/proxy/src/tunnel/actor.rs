@@ -59,6 +59,8 @@ pub struct Dial {
     pub user: String,
     /// W3C trace context.
     pub trace: HashMap<String, String>,
+    /// The proxy dials for itself, not for a user session (see `Router::dial_leaf_auth`).
+    pub for_proxy: bool,
 }
 
 /// The agent opened the `Dial` stream answering `dial_id`.
@@ -392,6 +394,7 @@ impl Handler<Dial> for LeafActor {
                 port: u32::from(msg.port),
                 user: msg.user.clone(),
                 trace: msg.trace,
+                for_proxy: msg.for_proxy,
             })),
         };
         let (tunnel_id, agent_id, sent) = match self.dispatch(frame) {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
+use portcullis_net::{ConnGuard, ConnectionLimits, Gate, GatedListener};
 use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::proxy_frame::Msg as ProxyMsg;
 use portcullis_proto::tunnel::tunnel_server::{Tunnel, TunnelServer};
@@ -26,8 +26,6 @@ use crate::ProxyError;
 
 /// Metadata naming the dial a `Dial` stream answers.
 pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is at the other end of a tunnel connection, from its verified certificate.
 #[derive(Debug, Clone)]
@@ -41,9 +39,13 @@ pub struct AgentPeer {
 
 /// A TLS connection from a verified agent.
 pub struct AgentConn {
-    tls: tokio_rustls::server::TlsStream<portcullis_rpc::ReadBuffered>,
+    tls: TlsStream,
     peer: AgentPeer,
+    /// The connection's place under the listener's connection caps.
+    _place: ConnGuard,
 }
+
+type TlsStream = tokio_rustls::server::TlsStream<portcullis_rpc::ReadBuffered>;
 
 impl Connected for AgentConn {
     type ConnectInfo = AgentPeer;
@@ -87,60 +89,57 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ProxyError> {
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<AgentConn, std::io::Error>>(16);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let accepting = tokio::spawn(accept_loop(listener, acceptor, conn_tx));
+    serve_limited(hub, listener, tls, ConnectionLimits::PROXY, shutdown).await
+}
+
+/// [`serve`] with `limits`: per-address and total connection caps, the TLS handshake (where
+/// the agent authenticates) under the handshake timeout, TCP and HTTP/2 keep-alives.
+pub async fn serve_limited(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    let gated = GatedListener::new(listener, Gate::new("proxy_tunnel", limits));
+    let incoming = portcullis_net::tls_incoming(
+        gated,
+        tokio_rustls::TlsAcceptor::from(tls),
+        portcullis_rpc::read_buffered,
+        agent_conn,
+    );
     let service = TunnelServer::new(TunnelService { hub });
     // Every user session of a leaf shares one HTTP/2 connection: windows larger than the
     // 64 KiB default keep bulk copies (scp through the tunnel) from stalling on round trips.
-    let result = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .max_frame_size(portcullis_rpc::MAX_FRAME_SIZE)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_interval))
         .add_service(service)
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| ProxyError::Server { server: "tunnel", reason: portcullis_rpc::client::error_chain(&e) });
-    accepting.abort();
-    result
+        .map_err(|e| ProxyError::Server { server: "tunnel", reason: portcullis_rpc::client::error_chain(&e) })
 }
 
-/// Accepts TCP connections and runs each TLS handshake in its own task, so a slow or
-/// silent client never holds up the others.
-async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, conns: mpsc::Sender<Result<AgentConn, std::io::Error>>) {
-    loop {
-        let (tcp, remote_addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin.
-                tracing::warn!("accepting a tunnel connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, conns) = (acceptor.clone(), conns.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(portcullis_rpc::read_buffered(tcp))).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => return tracing::info!(%remote_addr, "tunnel TLS handshake failed: {e}"),
-                Err(_) => return tracing::info!(%remote_addr, "tunnel TLS handshake timed out"),
-            };
-            // The verifier has checked the certificate; only its names are read here.
-            let id = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| portcullis_pki::x509::parse_identity(c.as_ref()).ok());
-            let Some(id) = id else {
-                return tracing::info!(%remote_addr, "tunnel connection without a readable client certificate");
-            };
-            tracing::debug!(%remote_addr, leaf = %id.cluster, agent = %id.name, "tunnel agent connected");
-            let peer = AgentPeer { cluster: id.cluster, agent_id: id.name, remote_addr };
-            let _ = conns.send(Ok(AgentConn { tls, peer })).await;
-        });
-    }
+/// An agent's connection once its TLS handshake is done, or `None` (closed) when its
+/// certificate names no agent.
+fn agent_conn(tls: TlsStream, remote_addr: SocketAddr, place: ConnGuard) -> Option<AgentConn> {
+    // The verifier has checked the certificate; only its names are read here.
+    let id = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| portcullis_pki::x509::parse_identity(c.as_ref()).ok());
+    let Some(id) = id else {
+        tracing::info!(%remote_addr, "tunnel connection without a readable client certificate");
+        return None;
+    };
+    tracing::debug!(%remote_addr, leaf = %id.cluster, agent = %id.name, "tunnel agent connected");
+    let peer = AgentPeer { cluster: id.cluster, agent_id: id.name, remote_addr };
+    Some(AgentConn { tls, peer, _place: place })
 }
 
 /// The gRPC service; one per listener.

@@ -166,7 +166,23 @@ async fn root_proxy_serves_a_leaf_cluster() {
         "cluster \"zzz.example.com\" is offline: no reverse tunnel from it is connected to this proxy"
     );
 
-    let body = json!({"ssh_cert": "x", "login": "root", "node": "node-1", "cluster": LEAF});
+    // The proxy answers only the holder: an SSH certificate for the TLS client's user.
+    let alice_cert = user_ssh_ca
+        .sign_user_cert(&UserCertRequest {
+            public_key: generate_key().unwrap().public_key().clone(),
+            username: "alice".into(),
+            principals: vec!["alice".into()],
+            ttl: Duration::from_secs(600),
+            roles: vec!["access".into()],
+            traits: Default::default(),
+            route_to_cluster: String::new(),
+            permit_port_forwarding: false,
+            permit_agent_forwarding: false,
+        })
+        .unwrap()
+        .to_openssh()
+        .unwrap();
+    let body = json!({"ssh_cert": alice_cert, "login": "root", "node": "node-1", "cluster": LEAF});
     let v: Value = http.post(url("/webapi/ssh/authorize")).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["allowed"], false);
     assert_eq!(v["reason"], "leaf says no to root on node-1", "the leaf's own reason is passed on");

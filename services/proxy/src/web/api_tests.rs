@@ -20,17 +20,19 @@ async fn call(state: Arc<crate::ProxyState>, req: test::TestRequest) -> (StatusC
 }
 
 #[actix_web::test]
-async fn ping_derives_addresses_from_the_host_header() {
+async fn ping_ignores_the_host_header() {
     let state = testutil::state(None, vec![]);
-    let req = test::TestRequest::get().uri("/webapi/ping").insert_header(("Host", "proxy.test:443"));
+    // Whatever Host the caller sends, the answer names the proxy's own listeners.
+    let req = test::TestRequest::get().uri("/webapi/ping").insert_header(("Host", "evil.test:443"));
     let (status, v) = call(state, req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["cluster_name"], CLUSTER);
     assert_eq!(v["server_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(v["proxy"]["ssh"]["public_addr"], "proxy.test:43080");
-    assert_eq!(v["proxy"]["ssh"]["ssh_public_addr"], "proxy.test:43023");
-    assert_eq!(v["proxy"]["ssh"]["ssh_tunnel_public_addr"], "proxy.test:43024");
+    assert_eq!(v["proxy"]["ssh"]["public_addr"], "0.0.0.0:43080");
+    assert_eq!(v["proxy"]["ssh"]["ssh_public_addr"], "0.0.0.0:43023");
+    assert_eq!(v["proxy"]["ssh"]["ssh_tunnel_public_addr"], "0.0.0.0:43024");
     assert_eq!(v["proxy"]["tls_routing_enabled"], false);
+    assert!(!v.to_string().contains("evil"), "{v}");
 }
 
 fn login_body(password: &str) -> Value {
@@ -125,21 +127,148 @@ async fn nodes_need_a_certificate_and_unknown_paths_are_json() {
 }
 
 #[actix_web::test]
-async fn authorize_asks_auth_and_refuses_other_clusters() {
+async fn authorize_needs_a_client_certificate() {
     let fake = Arc::new(FakeAuth::default());
     let state = testutil::state(Some(testutil::serve_fake(fake).await), vec![]);
-    let body = json!({"ssh_cert": "ssh-ed25519-cert-v01@openssh.com AAAA", "login": "root", "node": "node-1", "cluster": CLUSTER});
-    let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
-    let (status, v) = call(state.clone(), req).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["allowed"], false);
+    // Without a client certificate nothing is asked of any auth service (no audit event),
+    // for this cluster or a leaf.
+    for cluster in [CLUSTER, "leaf"] {
+        let body = json!({"ssh_cert": "ssh-ed25519-cert-v01@openssh.com AAAA", "login": "root", "node": "node-1", "cluster": cluster});
+        let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
+        let (status, v) = call(state.clone(), req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["error"], "a client certificate is required: run 'tsh login'");
+    }
+}
+
+/// A real HTTPS proxy web server over `state`, and a client presenting a TLS user
+/// certificate for `user` from `ca` (or none).
+struct Https {
+    port: u16,
+    handle: actix_web::dev::ServerHandle,
+    dir: std::path::PathBuf,
+    roots: rustls::RootCertStore,
+}
+
+impl Https {
+    fn start(state: Arc<crate::ProxyState>) -> Https {
+        let dir = std::env::temp_dir().join(format!("proxy-web-{}", portcullis_pki::random_hex::<6>().unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&server_key)
+            .unwrap();
+        let (kp, cp) = (dir.join("key.pem"), dir.join("cert.pem"));
+        std::fs::write(&kp, server_key.serialize_pem()).unwrap();
+        std::fs::write(&cp, server_cert.pem()).unwrap();
+        let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.clone()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = super::start(state, listener, tls).unwrap();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_cert.der().clone()).unwrap();
+        Https { port, handle, dir, roots }
+    }
+
+    fn client(&self, user: Option<(&portcullis_pki::x509::TlsCa, &str, &str)>) -> reqwest::Client {
+        use portcullis_pki::x509::{self, TlsCertRequest};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let builder = rustls::ClientConfig::builder_with_provider(portcullis_rpc::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots.clone());
+        let tls = match user {
+            None => builder.with_no_client_auth(),
+            Some((ca, name, route)) => {
+                let key = x509::generate_key().unwrap();
+                let pem = ca
+                    .issue(&TlsCertRequest {
+                        public_key_der: x509::public_key_der(&key),
+                        name: name.into(),
+                        system_roles: vec!["User".into()],
+                        route_to_cluster: route.into(),
+                        ttl: std::time::Duration::from_secs(600),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+                let key_der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key_der).unwrap()
+            }
+        };
+        reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
+    }
+
+    async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
+fn ssh_cert(ca: &portcullis_pki::ssh::SshCa, user: &str, route: &str) -> String {
+    let key = portcullis_pki::ssh::generate_key().unwrap();
+    ca.sign_user_cert(&portcullis_pki::ssh::UserCertRequest {
+        public_key: key.public_key().clone(),
+        username: user.into(),
+        principals: vec!["root".into()],
+        ttl: std::time::Duration::from_secs(600),
+        roles: vec!["access".into()],
+        traits: Default::default(),
+        route_to_cluster: route.into(),
+        permit_port_forwarding: false,
+        permit_agent_forwarding: false,
+    })
+    .unwrap()
+    .to_openssh()
+    .unwrap()
+}
+
+/// `POST /webapi/ssh/authorize` answers only the holder: the TLS client certificate must
+/// name the SSH certificate's user and cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_requires_the_matching_client_certificate() {
+    let fake = Arc::new(FakeAuth::default());
+    let user_ca = portcullis_pki::ssh::SshCa::generate().unwrap();
+    let other_ca = portcullis_pki::ssh::SshCa::generate().unwrap();
+    let (state, ca) = testutil::state_with_ca(Some(testutil::serve_fake(fake).await), vec![user_ca.public_key().clone()]);
+    let server = Https::start(state);
+    let url = format!("https://localhost:{}/webapi/ssh/authorize", server.port);
+    let ask = |client: reqwest::Client, cert: String, cluster: &str| {
+        let body = json!({"ssh_cert": cert, "login": "root", "node": "node-1", "cluster": cluster});
+        let url = url.clone();
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let alice = || server.client(Some((&ca, "alice", "")));
+
+    // The holder gets auth's answer.
+    let (status, v) = ask(alice(), ssh_cert(&user_ca, "alice", ""), CLUSTER).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["reason"], "login \"root\" is not allowed (source proxy)");
 
-    let body = json!({"ssh_cert": "x", "login": "root", "node": "n", "cluster": "leaf"});
-    let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
-    let (status, v) = call(state, req).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(v["error"], "cluster \"leaf\" is not found");
+    // No client certificate; another user's SSH certificate; another cluster's route; a
+    // certificate from a CA this proxy does not trust: refused before any auth call.
+    let (status, v) = ask(server.client(None), ssh_cert(&user_ca, "alice", ""), CLUSTER).await;
+    assert_eq!((status, v["error"].as_str().unwrap()), (401, "a client certificate is required: run 'tsh login'"));
+    let (status, v) = ask(alice(), ssh_cert(&user_ca, "bob", ""), "leaf").await;
+    assert_eq!(status, 403, "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains("SSH certificate (user \"bob\"") && err.contains("does not match the client certificate (user \"alice\""), "{err}");
+    let (status, v) = ask(alice(), ssh_cert(&user_ca, "alice", "leaf"), "leaf").await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cluster \"leaf\") does not match"), "{v}");
+    let (status, v) = ask(alice(), ssh_cert(&other_ca, "alice", ""), CLUSTER).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not issued by a user CA this proxy trusts"), "{v}");
+    server.stop().await;
 }
 
 /// Real HTTPS: the client certificate a user presents reaches the nodes handler.
@@ -223,7 +352,7 @@ async fn https_client_certificates_reach_handlers() {
 
     let resp = without_cert.get(format!("https://localhost:{port}/webapi/ping")).send().await.unwrap();
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["proxy"]["ssh"]["public_addr"], "localhost:43080");
+    assert_eq!(v["proxy"]["ssh"]["public_addr"], "0.0.0.0:43080");
 
     handle.stop(true).await;
     std::fs::remove_dir_all(dir).unwrap();

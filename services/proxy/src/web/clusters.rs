@@ -26,14 +26,23 @@ pub struct ValidateBody {
     cas: portcullis_proto::auth::CertAuthorities,
 }
 
+impl ValidateBody {
+    /// The leaf cluster's name, trimmed; refused when empty. Public so the fuzz targets
+    /// (fuzz/) run exactly the checks this route runs after decoding the JSON body.
+    pub fn leaf_name(&self) -> Result<String, ApiError> {
+        let leaf = self.cluster_name.trim().to_string();
+        if leaf.is_empty() {
+            return Err(ApiError::bad_request("cluster_name is empty: name the leaf cluster asking for trust"));
+        }
+        Ok(leaf)
+    }
+}
+
 /// `POST /webapi/trustedclusters/validate`: a leaf cluster asks to be trusted with an invite
 /// token; auth decides. No client certificate: the token is the credential (never logged).
 pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBody>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let leaf = body.cluster_name.trim().to_string();
-    if leaf.is_empty() {
-        return Err(ApiError::bad_request("cluster_name is empty: name the leaf cluster asking for trust"));
-    }
+    let leaf = body.leaf_name()?;
     let remote_addr = peer_addr(&req);
     let request = ValidateTrustedClusterRequest {
         token: body.token.expose().clone(),

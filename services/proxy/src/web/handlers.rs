@@ -31,25 +31,29 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
-/// The host part of the address the client used, brackets kept for IPv6.
-fn request_host(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    host_of(info.host()).to_string()
-}
-
 /// `GET /webapi/ping`: cluster name, version and where the proxy's services are reached.
-async fn ping(req: HttpRequest, state: State) -> HttpResponse {
+async fn ping(state: State) -> HttpResponse {
     let a = &state.addrs;
-    // Unconfigured addresses follow the one the client used, with the ports actually bound,
-    // so a proxy on ephemeral ports still answers with dialable addresses.
-    let host = match &a.public_addr {
-        Some(p) => host_of(p).to_string(),
-        None => request_host(&req),
+    // Unconfigured addresses are the listeners' own (ports actually bound), never the
+    // request's Host header: anyone can send any Host, and the answer tells tsh where to
+    // send its certificates. An unspecified listen address (0.0.0.0) stays so, and clients
+    // use the address they reached the proxy at (tsh does).
+    let tunnel = a.tunnel.unwrap_or(a.tunnel_configured);
+    let (public_addr, ssh_public_addr, tunnel_public_addr) = match &a.public_addr {
+        Some(p) => {
+            let host = host_of(p);
+            (
+                p.clone(),
+                a.ssh_public_addr.clone().unwrap_or_else(|| format!("{host}:{}", a.ssh.port())),
+                a.tunnel_public_addr.clone().unwrap_or_else(|| format!("{host}:{}", tunnel.port())),
+            )
+        }
+        None => (
+            a.web.to_string(),
+            a.ssh_public_addr.clone().unwrap_or_else(|| a.ssh.to_string()),
+            a.tunnel_public_addr.clone().unwrap_or_else(|| tunnel.to_string()),
+        ),
     };
-    let public_addr = a.public_addr.clone().unwrap_or_else(|| format!("{host}:{}", a.web.port()));
-    let ssh_public_addr = a.ssh_public_addr.clone().unwrap_or_else(|| format!("{host}:{}", a.ssh.port()));
-    let tunnel_port = a.tunnel.unwrap_or(a.tunnel_configured).port();
-    let tunnel_public_addr = a.tunnel_public_addr.clone().unwrap_or_else(|| format!("{host}:{tunnel_port}"));
     HttpResponse::Ok().json(json!({
         "cluster_name": state.cluster_name,
         "server_version": env!("CARGO_PKG_VERSION"),
@@ -64,8 +68,10 @@ async fn ping(req: HttpRequest, state: State) -> HttpResponse {
     }))
 }
 
+/// Body of `POST /webapi/login`. Public (with `tls_public_key`) so the fuzz targets (fuzz/)
+/// decode and check login bodies exactly as this route does.
 #[derive(Debug, Deserialize)]
-struct LoginRequest {
+pub struct LoginRequest {
     user: String,
     password: Secret<String>,
     #[serde(default)]
@@ -79,6 +85,19 @@ struct LoginRequest {
     cluster: String,
 }
 
+impl LoginRequest {
+    /// Checks the body beyond its JSON shape and decodes the TLS public key.
+    pub fn tls_public_key(&self) -> Result<Vec<u8>, ApiError> {
+        if self.user.trim().is_empty() {
+            return Err(ApiError::bad_request("the user name is empty"));
+        }
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.tls_pub_key.trim())
+            .map_err(|e| ApiError::bad_request(format!("tls_pub_key is not standard base64: {e}")))
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct LoginResponse {
     username: String,
@@ -87,6 +106,8 @@ struct LoginResponse {
     tls_cert_pem: String,
     /// The proto type doubles as the JSON shape of CAs.
     cas: CertAuthorities,
+    /// Each leaf's host CAs apart, so tsh scopes them to their leaf.
+    leaf_host_cas: Vec<serde_json::Value>,
 }
 
 pub(super) fn peer_addr(req: &HttpRequest) -> String {
@@ -96,13 +117,7 @@ pub(super) fn peer_addr(req: &HttpRequest) -> String {
 /// `POST /webapi/login`: password login; answers with the user's certificates.
 async fn login(req: HttpRequest, state: State, body: web::Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    if body.user.trim().is_empty() {
-        return Err(ApiError::bad_request("the user name is empty"));
-    }
-    use base64::Engine as _;
-    let tls_public_key = base64::engine::general_purpose::STANDARD
-        .decode(body.tls_pub_key.trim())
-        .map_err(|e| ApiError::bad_request(format!("tls_pub_key is not standard base64: {e}")))?;
+    let tls_public_key = body.tls_public_key()?;
     let remote_addr = peer_addr(&req);
     let request = AuthenticateUserRequest {
         username: body.user.clone(),
@@ -127,6 +142,11 @@ async fn login(req: HttpRequest, state: State, body: web::Json<LoginRequest>) ->
         ssh_cert: certs.ssh_cert,
         tls_cert_pem: certs.tls_cert_pem,
         cas: certs.cas.unwrap_or_default(),
+        leaf_host_cas: certs
+            .leaf_host_cas
+            .into_iter()
+            .map(|l| json!({"cluster_name": l.cluster_name, "ssh_host_ca": l.ssh_host_ca}))
+            .collect(),
     }))
 }
 
@@ -171,13 +191,51 @@ struct AuthorizeRequest {
     cluster: String,
 }
 
+/// Refuses (403) unless the TLS client certificate `der` is a user certificate of this
+/// cluster naming the same user, routed to the same cluster, as the SSH certificate, and
+/// the SSH certificate was signed by a user CA this proxy trusts.
+fn check_same_holder(state: &ProxyState, der: &[u8], ssh_cert: &str) -> Result<(), ApiError> {
+    let forbidden = |m: String| ApiError::new(actix_web::http::StatusCode::FORBIDDEN, m);
+    let id = portcullis_pki::x509::parse_identity(der)
+        .map_err(|e| ApiError::unauthorized(format!("unreadable client certificate: {e}; run 'tsh login'")))?;
+    if !id.has_system_role(portcullis_pki::x509::system_role::USER) || id.cluster != state.cluster_name {
+        return Err(forbidden(format!(
+            "the client certificate of {:?} is not a user certificate of cluster {:?}",
+            id.name, state.cluster_name
+        )));
+    }
+    let cert = portcullis_pki::ssh::parse_certificate(ssh_cert)
+        .map_err(|e| ApiError::bad_request(format!("ssh_cert is not an SSH certificate: {e}")))?;
+    let info = portcullis_pki::ssh::user_cert_info(&cert)
+        .map_err(|e| ApiError::bad_request(format!("ssh_cert: {e}")))?;
+    let trusted = state.ssh_user_cas().iter().any(|k| portcullis_pki::ssh::fingerprint(k) == info.ca_fingerprint);
+    if !trusted || cert.verify_signature().is_err() {
+        return Err(forbidden("the SSH certificate was not issued by a user CA this proxy trusts".into()));
+    }
+    let route = |r: &str| if r.is_empty() { state.cluster_name.clone() } else { r.to_string() };
+    if info.username != id.name || route(&info.route_to_cluster) != route(&id.route_to_cluster) {
+        return Err(forbidden(format!(
+            "the SSH certificate (user {:?}, cluster {:?}) does not match the client certificate (user {:?}, cluster {:?}); run 'tsh login'",
+            info.username,
+            route(&info.route_to_cluster),
+            id.name,
+            route(&id.route_to_cluster)
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /webapi/ssh/authorize`: whether the certificate may log in as `login` on `node`,
 /// and why not; tsh shows the reason after a refused login.
 async fn authorize(req: HttpRequest, state: State, body: web::Json<AuthorizeRequest>) -> Result<HttpResponse, ApiError> {
+    // Only the holder of the certificates may ask: each call is audited (on a leaf too), so
+    // an anonymous caller must not be able to write events with any certificate it saw.
+    let der = require_cert(&req)?;
     let body = body.into_inner();
     if body.ssh_cert.trim().is_empty() {
         return Err(ApiError::bad_request("ssh_cert is empty"));
     }
+    check_same_holder(&state, &der, &body.ssh_cert)?;
     match state.router.cluster(&body.cluster) {
         Ok(ClusterRoute::Local) => {}
         // The leaf decides for its nodes: ask its auth through the tunnel.

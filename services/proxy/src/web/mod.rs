@@ -6,6 +6,7 @@
 mod api_tests;
 pub mod clusters;
 pub mod handlers;
+pub mod limit;
 pub mod tls;
 
 use std::any::Any;
@@ -61,7 +62,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({ "error": self.message }))
+        let mut resp = HttpResponse::build(self.status);
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // The auth service refuses a login flood for about a second; the web rate
+            // limit (limit.rs) replaces this with its own wait.
+            resp.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        resp.json(serde_json::json!({ "error": self.message }))
     }
 }
 
@@ -73,6 +80,7 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::InvalidArgument => StatusCode::BAD_REQUEST,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -93,6 +101,7 @@ impl From<RouteError> for ApiError {
         let status = match &e {
             RouteError::ClusterNotFound(_) | RouteError::NodeNotFound { .. } => StatusCode::NOT_FOUND,
             RouteError::ClusterOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::Reserved { .. } => StatusCode::FORBIDDEN,
             RouteError::Leaf { reason, .. } => tunnel_status(reason),
             RouteError::Resolve { .. }
             | RouteError::Connect { .. }
@@ -175,15 +184,48 @@ pub fn start(
     listener: std::net::TcpListener,
     tls: rustls::ServerConfig,
 ) -> Result<Server, ProxyError> {
+    start_limited(state, listener, tls, portcullis_net::ConnectionLimits::PROXY, Default::default())
+}
+
+/// Worker threads of the HTTPS server.
+const WEB_WORKERS: usize = 2;
+
+/// [`start`] with `limits`: TLS handshakes under the handshake timeout, at most
+/// `max_connections` in all, and connections beyond the per-address cap shut at once.
+pub fn start_limited(
+    state: Arc<ProxyState>,
+    listener: std::net::TcpListener,
+    tls: rustls::ServerConfig,
+    limits: portcullis_net::ConnectionLimits,
+    rate_limit: portcullis_config::RateLimitSettings,
+) -> Result<Server, ProxyError> {
     let data = web::Data::from(state);
+    let rate_limit = web::Data::new(limit::WebRateLimit::new(rate_limit));
+    let gate = portcullis_net::Gate::new("proxy_web", limits);
     let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).configure(configure_app)
+        App::new()
+            .app_data(data.clone())
+            .app_data(rate_limit.clone())
+            .wrap(actix_web::middleware::from_fn(limit::limit_unauthenticated))
+            .configure(configure_app)
     })
-    .on_connect(capture_peer_cert)
+    .on_connect(move |conn, ext| {
+        capture_peer_cert(conn, ext);
+        // actix runs the handshake itself, so the per-address cap applies from here; the
+        // place is kept in the connection's data, dropped when the connection ends.
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+        if let Some(tls) = conn.downcast_ref::<Tls>()
+            && let Some(place) = portcullis_net::admit_stream(&gate, tls.get_ref().0)
+        {
+            ext.insert(place);
+        }
+    })
+    .tls_handshake_timeout(limits.handshake_timeout)
+    .max_connections(limits.max_total.div_ceil(WEB_WORKERS))
     // The process owns signal handling; the proxy stops the server itself.
     .disable_signals()
     .shutdown_timeout(5)
-    .workers(2)
+    .workers(WEB_WORKERS)
     .listen_rustls_0_23(listener, tls)
     .map_err(|e| ProxyError::io("serving HTTPS on the web listener", e))?
     .run();
@@ -201,6 +243,7 @@ mod tests {
         assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
         assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
         assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(http_status(Code::Internal), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(http_status(Code::AlreadyExists), StatusCode::INTERNAL_SERVER_ERROR);
     }
