@@ -180,6 +180,9 @@ impl AuthState {
     /// belongs to another cluster is refused rather than silently re-keyed.
     pub fn open(settings: &AuthSettings, backend: Arc<dyn Backend>) -> Result<Self, AuthError> {
         let cluster = settings.cluster_name.clone();
+        // Leaves are told the root's name and scope its host CA by it: it must be a DNS name.
+        portcullis_types::validate_cluster_name(&cluster)
+            .map_err(|e| AuthError::bad(format!("auth_service.cluster_name: {e}")))?;
         match backend.get_json::<String>(KEY_CLUSTER_NAME)? {
             Some(existing) if existing != cluster => {
                 return Err(AuthError::bad(format!(
@@ -310,6 +313,15 @@ mod tests {
             .unwrap();
         b.flush().unwrap();
         (user_line, tls_pem)
+    }
+
+    #[test]
+    fn a_cluster_name_that_is_no_dns_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: Root_Cluster\n", dir.path().display());
+        let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
+        let e = AuthState::open(&settings, Arc::new(MemoryBackend::new())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("auth_service.cluster_name") && e.contains("Root_Cluster"), "{e}");
     }
 
     #[test]

@@ -290,8 +290,17 @@ impl AuthState {
         // A proxy is the cluster's front door: users often reach it by the cluster's name, so
         // it may carry that name as a principal; no other host may.
         let cluster_name_ok = |principal: bool| principal && cert_role == system_role::PROXY;
+        // Users trust each leaf's host CA for `*.<leaf>` (tsh's known_hosts): a host of this
+        // cluster named under a leaf's name could be vouched for by that leaf's CA.
+        let leaves: Vec<String> =
+            self.list_remote_clusters()?.into_iter().map(|rc| rc.metadata.name.to_ascii_lowercase()).collect();
         let reserved = |name: &str, principal: bool| -> Option<String> {
             let n = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(leaf) = leaves.iter().find(|l| n == **l || n.ends_with(&format!(".{l}"))) {
+                return Some(format!(
+                    "it lies under the name of leaf cluster {leaf:?}, whose host CA users trust for *.{leaf}"
+                ));
+            }
             if x509::is_reserved_server_name(&n) {
                 Some(format!(
                     "names under {} are reserved for the cluster's own services ({} is the auth service's name)",

@@ -156,6 +156,20 @@ impl AuthState {
                     refuse(reason.clone());
                     return Err(AuthError::denied(format!("access denied: {reason}")));
                 }
+                // Likewise a live host of this cluster named under the leaf's name: the leaf's
+                // CA would be trusted for it.
+                let suffix = format!(".{leaf}");
+                if let Some(node) = self.list_nodes()?.into_iter().find(|n| {
+                    let h = n.spec.hostname.to_ascii_lowercase();
+                    h == leaf || h.ends_with(&suffix)
+                }) {
+                    let reason = format!(
+                        "a leaf cluster cannot be named {leaf:?}: node {:?} of cluster {:?} is named under it, and the leaf's host CA would be trusted for it",
+                        node.spec.hostname, self.cluster_name
+                    );
+                    refuse(reason.clone());
+                    return Err(AuthError::denied(format!("access denied: {reason}")));
+                }
             }
         }
         let rc = self.backend.get_json::<RemoteCluster>(&rc_key(&leaf))?.unwrap_or_else(|| RemoteCluster::new(leaf.clone()));

@@ -143,3 +143,62 @@ fn users_without_logins_get_a_placeholder_principal() {
         .unwrap();
     assert!(!d.allowed, "{}", d.reason);
 }
+
+/// A root host named under a leaf's name would be vouched for by that leaf's host CA
+/// (`@cert-authority *.<leaf>` in known_hosts), so join refuses such names.
+#[test]
+fn root_hosts_may_not_take_names_under_a_leafs_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = state(dir.path(), "root.example.com");
+    let leaf = state(dir.path(), "leaf.example.com");
+    validate(&root, &invite(&root), "leaf.example.com", leaf.own_cas().unwrap()).unwrap();
+    let token = root.create_token(vec![SystemRole::Node], None, None, Default::default()).unwrap().token().to_string();
+    let join = |nodename: &str, principals: &[&str]| {
+        root.join(
+            &portcullis_proto::auth::JoinRequest {
+                token: token.clone(),
+                role: "node".into(),
+                nodename: nodename.into(),
+                tls_public_key: x509::public_key_der(&x509::generate_key().unwrap()),
+                ssh_public_key: ssh::public_key_line(ssh::generate_key().unwrap().public_key()).unwrap(),
+                additional_principals: principals.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            },
+            "127.0.0.1:1",
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    for name in ["db.leaf.example.com", "leaf.example.com"] {
+        let e = join(name, &[]).unwrap_err();
+        assert!(e.contains("lies under the name of leaf cluster \"leaf.example.com\""), "{name}: {e}");
+    }
+    let e = join("db-1", &["x.leaf.example.com"]).unwrap_err();
+    assert!(e.contains("additional principal") && e.contains("leaf cluster"), "{e}");
+    join("db.example.com", &[]).unwrap();
+}
+
+/// The other way round: a leaf may not take a name that a live root host lies under.
+#[test]
+fn a_leaf_may_not_be_named_over_a_root_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = state(dir.path(), "root.example.com");
+    let leaf = state(dir.path(), "corp.example.com");
+    root.heartbeat(
+        &portcullis_proto::auth::HeartbeatRequest {
+            kind: "node".into(),
+            host_id: "11111111-1111-4111-8111-111111111111".into(),
+            hostname: "db.corp.example.com".into(),
+            addr: "127.0.0.1:3022".into(),
+            ..Default::default()
+        },
+        &portcullis_auth::nodes::Observed {
+            peer_ip: Some("127.0.0.1".parse().unwrap()),
+            cert_names: vec!["db.corp.example.com".into()],
+        },
+    )
+    .unwrap();
+    let e = validate(&root, &invite(&root), "corp.example.com", leaf.own_cas().unwrap()).unwrap_err();
+    assert!(e.contains("node \"db.corp.example.com\"") && e.contains("named under it"), "{e}");
+    assert!(root.list_remote_clusters().unwrap().is_empty());
+}
