@@ -120,7 +120,21 @@ fn single_cluster_end_to_end() {
     assert_ne!(exp.code, 0);
     assert!(exp.stderr.contains("expired"), "{}", exp.stderr);
     // tsh refuses locally: /webapi/ssh/authorize answers only a valid TLS client
-    // certificate (issue 11), and that expired with the SSH one, so nothing is audited.
+    // certificate (issue 11), and that expired with the SSH one. Straight to the node with
+    // OpenSSH, the expired certificate gets no login either; no audit event is written for
+    // it (the certificate never reaches the node's handler).
+    let (short_key, short_cert) = short.key_paths("127.0.0.1", "alice");
+    let direct = run_cmd(
+        Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .arg("-o")
+            .arg(format!("CertificateFile={}", short_cert.display()))
+            .arg("-i")
+            .arg(&short_key)
+            .args(["-p", &c.nodes["devnode"].1.to_string(), &format!("{}@127.0.0.1", lab.login), "true"]),
+        None,
+    );
+    assert_ne!(direct.code, 0, "{}", direct.stderr);
 
     // OpenSSH reads the certificate tsh saved.
     let (key, cert) = tsh.key_paths("127.0.0.1", "alice");
