@@ -66,9 +66,22 @@ impl ServerCertVerifier for ProxyVerifier {
             self.record(reason.clone());
             return Err(rustls::Error::General(reason));
         };
-        inner
+        let verified = inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            .inspect_err(|e| self.record(e.to_string()))
+            .inspect_err(|e| self.record(e.to_string()))?;
+        // A certificate from a cluster CA is a service's identity: only a proxy's may answer
+        // for the web API (an auth, node or agent certificate with the right name may not).
+        if portcullis_pki::x509::is_cluster_issued(end_entity.as_ref())
+            && let Err(e) = portcullis_rpc::verify::check_server_role(
+                end_entity.as_ref(),
+                portcullis_pki::x509::system_role::PROXY,
+            )
+        {
+            let reason = e.to_string();
+            self.record(reason.clone());
+            return Err(rustls::Error::General(reason));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -127,12 +140,12 @@ fn root_store(trust: &TlsTrust) -> RootCertStore {
     roots
 }
 
-fn rustls_config(
+/// The verifier of the proxy's HTTPS certificate for `trust`.
+fn proxy_verifier(
     trust: &TlsTrust,
-    client_cert: Option<ClientCert<'_>>,
     failure: FailureSlot,
-) -> Result<rustls::ClientConfig, TshError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<ProxyVerifier>, TshError> {
     let roots = root_store(trust);
     let inner = if roots.is_empty() {
         None
@@ -143,12 +156,16 @@ fn rustls_config(
                 .map_err(|e| TshError::Tls(e.to_string()))?,
         )
     };
-    let verifier = Arc::new(ProxyVerifier {
-        insecure: trust.insecure,
-        inner,
-        failure,
-        provider: provider.clone(),
-    });
+    Ok(Arc::new(ProxyVerifier { insecure: trust.insecure, inner, failure, provider }))
+}
+
+fn rustls_config(
+    trust: &TlsTrust,
+    client_cert: Option<ClientCert<'_>>,
+    failure: FailureSlot,
+) -> Result<rustls::ClientConfig, TshError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = proxy_verifier(trust, failure, provider.clone())?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TshError::Tls(e.to_string()))?
@@ -483,6 +500,40 @@ pub struct AuthorizeResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate from the cluster CA with the right name and ServerAuth, but for the
+    /// auth service: tsh must not take it for the proxy's web certificate.
+    #[test]
+    fn only_a_proxy_certificate_from_the_cluster_ca_answers_for_the_web_api() {
+        use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
+        let ca = TlsCa::generate("root.example.com").unwrap();
+        let trust = TlsTrust { insecure: false, ca_pems: vec![ca.cert_pem().to_string()] };
+        let failure: FailureSlot = Arc::default();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = proxy_verifier(&trust, failure.clone(), provider).unwrap();
+        let issue = |role: &str| {
+            let key = x509::generate_key().unwrap();
+            let pem = ca
+                .issue(&TlsCertRequest {
+                    public_key_der: x509::public_key_der(&key),
+                    name: "server".into(),
+                    system_roles: vec![role.into()],
+                    dns_names: vec!["proxy.example.com".into()],
+                    ttl: std::time::Duration::from_secs(3600),
+                    ..Default::default()
+                })
+                .unwrap();
+            x509::pem_to_ders(&pem).unwrap().remove(0)
+        };
+        let name = ServerName::try_from("proxy.example.com").unwrap();
+        let now = UnixTime::now();
+        let auth = CertificateDer::from(issue(system_role::AUTH));
+        let e = verifier.verify_server_cert(&auth, &[], &name, &[], now).unwrap_err().to_string();
+        assert!(e.contains("role Auth, not Proxy"), "{e}");
+        assert!(failure.lock().unwrap().as_deref().unwrap_or("").contains("not Proxy"));
+        let proxy = CertificateDer::from(issue(system_role::PROXY));
+        verifier.verify_server_cert(&proxy, &[], &name, &[], now).unwrap();
+    }
 
     #[test]
     fn server_errors_show_the_message() {

@@ -227,6 +227,14 @@ fn der_octet_string(content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `der` is a certificate a cluster CA issued (it carries the Portcullis identity
+/// extension): a service's or user's identity, never a public web certificate.
+pub fn is_cluster_issued(der: &[u8]) -> bool {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert.extensions().iter().any(|e| e.oid.to_id_string() == IDENTITY_EXT_OID_STR))
+        .unwrap_or(false)
+}
+
 /// Reads the identity a certificate (DER) carries. The chain must already be verified.
 pub fn parse_identity(der: &[u8]) -> Result<TlsIdentity, PkiError> {
     let (_, cert) = X509Certificate::from_der(der)
