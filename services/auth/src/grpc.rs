@@ -77,9 +77,11 @@ fn ttl(secs: u64) -> Option<Duration> {
 impl Auth for AuthService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         if let Some(ip) = req.remote_addr().map(|a| a.ip())
-            && let Err(wait) = self.join_limiter.check(ip)
+            && let Err((wait, log)) = self.join_limiter.check_logged(ip)
         {
-            tracing::warn!(%ip, "join refused: rate limit");
+            if log {
+                tracing::warn!(%ip, "join refused: rate limit (logged once a minute per address)");
+            }
             return Err(AuthError::TooManyRequests {
                 message: format!(
                     "too many join requests from {ip}; try again in {}s",

@@ -39,7 +39,7 @@ impl AuthMetrics {
     pub fn register(&self, metrics: &Metrics, state: &Arc<AuthState>) {
         metrics.register(
             "portcullis_auth_requests",
-            "gRPC requests to the auth service by method and outcome (ok, denied, unauthenticated, invalid, not_found, error)",
+            "gRPC requests to the auth service by method and outcome (ok, denied, unauthenticated, invalid, not_found, throttled, error)",
             self.requests.clone(),
         );
         // Weak: the registry must not keep the state (and its sled database) alive.
@@ -58,6 +58,13 @@ impl AuthMetrics {
                 };
                 weak.upgrade().and_then(online).map_or(0.0, |n| n as f64)
             },
+        );
+        let weak: Weak<AuthState> = Arc::downgrade(state);
+        metrics.register_gauge_fn(
+            "portcullis_auth_locked_users",
+            "Users locked now after repeated failed logins (auth_service.lockout)",
+            None,
+            move || weak.upgrade().and_then(|s| s.list_user_locks().ok()).map_or(0.0, |l| l.len() as f64),
         );
     }
 
@@ -78,6 +85,8 @@ pub fn outcome(code: Code) -> &'static str {
         | Code::OutOfRange
         | Code::Unimplemented => "invalid",
         Code::NotFound => "not_found",
+        // Refused by a rate limit or a full password-hashing queue: an attack shows here.
+        Code::ResourceExhausted => "throttled",
         _ => "error",
     }
 }

@@ -34,7 +34,7 @@ async fn requests_are_counted_by_outcome() {
     portcullis_rpc::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: diag.example.com\n  tokens: [\"node:static-node-token\"]\n",
+        "teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: diag.example.com\n  tokens: [\"node:static-node-token\", \"proxy:static-proxy-token\"]\n  join_rate_limit: {{burst: 3, per_second: 0.01}}\n",
         dir.path().display()
     );
     let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
@@ -113,7 +113,38 @@ async fn requests_are_counted_by_outcome() {
     assert_eq!(count("AuthorizeSsh", "denied"), 1.0, "{text}");
     assert_eq!(count("AuthorizeSsh", "ok"), 0.0, "{text}");
     assert!(text.contains("portcullis_auth_nodes 0"), "{text}");
+    assert!(text.contains("portcullis_auth_locked_users 0"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
+
+    // Attacks show in the metrics: joins beyond the per-address rate limit (burst 3: the
+    // node's, the proxy's and one wrong token) count as throttled, and a user locked after
+    // five wrong passwords as a locked user.
+    let proxy =
+        portcullis_rpc::join::join(&addr, Trust::Insecure, Secret::new("static-proxy-token".into()), "proxy", "p1", &[])
+            .await
+            .unwrap();
+    for _ in 0..3 {
+        let _ = portcullis_rpc::join::join(&addr, Trust::Insecure, Secret::new("wrong-token".into()), "node", "n2", &[]).await;
+    }
+    let ch = portcullis_rpc::connect(&addr, &ClientTls::from_identity(&proxy, AUTH_SERVER_NAME)).await.unwrap();
+    let mut pc = AuthClient::new(ch);
+    for _ in 0..5 {
+        let r = pc
+            .authenticate_user(AuthenticateUserRequest {
+                username: "alice".into(),
+                password: "not-her-password".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(r.is_err());
+    }
+    let (_, text) = get(diag_addr, "/metrics").await;
+    let count = |rpc: &str, outcome: &str| {
+        sample(&text, &format!("portcullis_auth_requests_total{{rpc=\"{rpc}\",outcome=\"{outcome}\"}}"))
+    };
+    assert!(count("Join", "throttled") >= 1.0, "{text}");
+    assert!(text.contains("portcullis_auth_locked_users 1"), "{text}");
+    drop(pc);
 
     drop((adm, nc));
     let _ = stop.send(());

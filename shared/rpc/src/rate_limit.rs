@@ -15,7 +15,13 @@ pub const DEFAULT_MAX_ADDRESSES: usize = 16 * 1024;
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// When a refusal of this address was last reported for logging.
+    last_logged: Option<Instant>,
 }
+
+/// A refused address is reported for logging at most this often, so a flood cannot turn
+/// into a flood of log lines.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Per-address token buckets: `burst` calls at once, refilled at `per_second`.
 pub struct AddrRateLimiter {
@@ -46,6 +52,16 @@ impl AddrRateLimiter {
 
     /// [`AddrRateLimiter::check`] at a given time (tests).
     pub fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.check_logged_at(ip, now).map_err(|(wait, _)| wait)
+    }
+
+    /// [`AddrRateLimiter::check`], and with a refusal whether to log it: true for the first
+    /// refusal of an address and then at most once per [`LOG_EVERY`].
+    pub fn check_logged(&self, ip: IpAddr) -> Result<(), (Duration, bool)> {
+        self.check_logged_at(ip, Instant::now())
+    }
+
+    fn check_logged_at(&self, ip: IpAddr, now: Instant) -> Result<(), (Duration, bool)> {
         let RateLimitSettings { burst, per_second } = self.settings;
         if burst == 0 {
             return Ok(());
@@ -56,7 +72,7 @@ impl AddrRateLimiter {
         if !buckets.contains_key(&ip) && buckets.len() >= self.max_addresses {
             evict(&mut buckets, now, burst / per_second);
         }
-        let b = buckets.entry(ip).or_insert(Bucket { tokens: burst, last: now });
+        let b = buckets.entry(ip).or_insert(Bucket { tokens: burst, last: now, last_logged: None });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * per_second).min(burst);
         b.last = now;
@@ -64,7 +80,11 @@ impl AddrRateLimiter {
             b.tokens -= 1.0;
             return Ok(());
         }
-        Err(Duration::from_secs_f64((1.0 - b.tokens) / per_second))
+        let log = b.last_logged.is_none_or(|t| now.saturating_duration_since(t) >= LOG_EVERY);
+        if log {
+            b.last_logged = Some(now);
+        }
+        Err((Duration::from_secs_f64((1.0 - b.tokens) / per_second), log))
     }
 
     /// Addresses currently tracked.
@@ -116,6 +136,21 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         assert!(l.check_at(ip(1), t1).is_ok());
         assert!(l.check_at(ip(1), t1).is_err());
+    }
+
+    #[test]
+    fn refusals_are_reported_for_logging_once_a_minute_per_address() {
+        let l = AddrRateLimiter::new(RateLimitSettings { burst: 1, per_second: 0.001 });
+        let t0 = Instant::now();
+        l.check_logged_at(ip(1), t0).unwrap();
+        let logged = |at: Instant, n: u32| l.check_logged_at(ip(n), at).err().map(|(_, log)| log);
+        assert_eq!(logged(t0, 1), Some(true), "the first refusal is logged");
+        for s in 1..50 {
+            assert_eq!(logged(t0 + Duration::from_secs(s), 1), Some(false), "then silence");
+        }
+        assert_eq!(logged(t0 + LOG_EVERY + Duration::from_secs(1), 1), Some(true));
+        l.check_logged_at(ip(2), t0).unwrap();
+        assert_eq!(logged(t0, 2), Some(true), "each address has its own");
     }
 
     #[test]

@@ -45,9 +45,11 @@ pub async fn limit_unauthenticated<B: MessageBody>(
     let limiter = req.app_data::<web::Data<WebRateLimit>>().map(|l| l.0.clone());
     let anonymous = req.conn_data::<PeerCert>().is_none();
     if let (Some(limiter), true, Some(peer)) = (limiter, anonymous, req.peer_addr())
-        && let Err(wait) = limiter.check(peer.ip())
+        && let Err((wait, log)) = limiter.check_logged(peer.ip())
     {
-        tracing::info!(ip = %peer.ip(), path = %req.path(), "web request refused: rate limit");
+        if log {
+            tracing::info!(ip = %peer.ip(), path = %req.path(), "web request refused: rate limit (logged once a minute per address)");
+        }
         return Ok(req.into_response(too_many(peer.ip(), wait)).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
