@@ -13,9 +13,11 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let files = portcullis_fuzz::input_files(&[dir.to_path_buf()]).unwrap_or_else(|e| panic!("{e}"));
     files
         .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
-            (p.display().to_string(), data)
+        .filter_map(|p| match std::fs::read(&p) {
+            Ok(data) => Some((p.display().to_string(), data)),
+            // A fuzzer running meanwhile replaces corpus files as it reduces them.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("cannot read {}: {e}", p.display()),
         })
         .collect()
 }
