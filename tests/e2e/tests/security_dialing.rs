@@ -96,14 +96,7 @@ fn the_leaf_dials_only_real_ssh_nodes_and_never_its_auth_for_users() {
     leaf.create("visitor.yaml", &role, false).ok();
     root.tctl(&["users", "add", "alice", "--roles=access", &format!("--logins={visitor}")]).ok();
     root.tctl_in(&["users", "set-password", "alice"], Some(&format!("{PASSWORD}\n"))).ok();
-    let out = root.tctl(&["tokens", "add", "--type=trusted_cluster", "--ttl=5m"]).ok();
-    let token = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("The cluster invite token: "))
-        .unwrap_or_else(|| panic!("no invite token in {}", out.stdout))
-        .trim()
-        .to_string();
+    let token = root.token("trusted_cluster");
     let tc = format!(
         "kind: trusted_cluster\nversion: v2\nmetadata:\n  name: {ROOT}\nspec:\n  enabled: true\n  token: {token}\n  tunnel_addr: {}\n  web_proxy_addr: {}\n  role_map:\n    - remote: access\n      local: [visitor]\n",
         root.tunnel_addr(),
