@@ -1,9 +1,6 @@
 //! The auth service's gRPC API, in process on port 0: join, login, heartbeats, listings,
 //! SSH decisions, and restarts.
 
-use std::time::Duration;
-
-use portcullis_config::{AuthSettings, CommonFlags, FileConfig};
 use portcullis_pki::x509::{self, AUTH_SERVER_NAME};
 use portcullis_pki::{Identity, Secret, ssh};
 use portcullis_proto::auth::auth_client::AuthClient;
@@ -11,43 +8,11 @@ use portcullis_proto::auth::*;
 use portcullis_rpc::{ClientTls, Trust};
 use portcullis_rpc::Channel;
 
-struct Running {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), portcullis_auth::AuthError>>,
-    data_dir: std::path::PathBuf,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-}
+mod common;
+use common::Running;
 
 async fn start(dir: &std::path::Path) -> Running {
-    portcullis_rpc::install_crypto_provider();
-    let yaml = format!(
-        "teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: api.example.com\n  tokens: [\"node:static-node-token\"]\n",
-        dir.display()
-    );
-    let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(portcullis_auth::run(settings, listener, async move {
-        let _ = rx.await;
-    }));
-    let path = portcullis_auth::admin_identity_path(dir);
-    for _ in 0..100 {
-        if path.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Running { addr, stop: Some(tx), task, data_dir: dir.to_path_buf() }
+    common::start(dir, "api.example.com", &["node:static-node-token"]).await
 }
 
 async fn admin(r: &Running) -> AuthClient<Channel> {

@@ -2,9 +2,6 @@
 //! and ids, and malformed names are refused with the reason; only auth and proxy
 //! certificates may serve TLS.
 
-use std::time::Duration;
-
-use portcullis_config::{AuthSettings, CommonFlags, FileConfig};
 use portcullis_pki::x509::{self, AUTH_SERVER_NAME, PROXY_SERVER_NAME};
 use portcullis_pki::{Identity, Secret, ssh};
 use portcullis_proto::auth::auth_client::AuthClient;
@@ -13,42 +10,11 @@ use portcullis_rpc::{Channel, ClientTls, Trust};
 
 const CLUSTER: &str = "names.example.com";
 
-struct Running {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), portcullis_auth::AuthError>>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-}
+mod common;
+use common::Running;
 
 async fn start(dir: &std::path::Path) -> Running {
-    portcullis_rpc::install_crypto_provider();
-    let yaml = format!(
-        "teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: {CLUSTER}\n  tokens: [\"node:node-token\", \"proxy:proxy-token\"]\n",
-        dir.display()
-    );
-    let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(portcullis_auth::run(settings, listener, async move {
-        let _ = rx.await;
-    }));
-    let path = portcullis_auth::admin_identity_path(dir);
-    for _ in 0..200 {
-        if path.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Running { addr, stop: Some(tx), task }
+    common::start(dir, CLUSTER, &["node:node-token", "proxy:proxy-token"]).await
 }
 
 /// A raw join call, so the test controls every field (host id, principals).
