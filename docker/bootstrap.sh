@@ -4,6 +4,7 @@
 # same on loopback), waits until a root user can reach the leaf nodes, and prints what to run
 # next. Safe to run again: finished steps are skipped.
 # It runs with the auth services' admin identities (their data volumes, mounted read-only).
+# ROOT_AUTH may list several auth replicas, comma-separated: tctl uses whichever answers.
 set -euo pipefail
 
 ROOT_CLUSTER=${ROOT_CLUSTER:?}
@@ -11,6 +12,7 @@ LEAF_CLUSTER=${LEAF_CLUSTER:?}
 ROOT_AUTH=${ROOT_AUTH:?} ROOT_IDENTITY=${ROOT_IDENTITY:?}
 LEAF_AUTH=${LEAF_AUTH:?} LEAF_IDENTITY=${LEAF_IDENTITY:?}
 ROOT_PROXY=${ROOT_PROXY:?}
+ROOT_NODES=${ROOT_NODES:-}
 LEAF_NODES=${LEAF_NODES:-}
 LAB_USER=${LAB_USER:-alice}
 LAB_LOGIN=${LAB_LOGIN:-visitor}
@@ -101,6 +103,13 @@ for n in "${nodes[@]}"; do
   wait_until "leaf node $n to register" sh -c "tctl --auth-server='$LEAF_AUTH' -i '$LEAF_IDENTITY' nodes ls | grep -qw '$n'"
 done
 
+IFS=',' read -r -a root_nodes <<<"$ROOT_NODES"
+for n in "${root_nodes[@]}"; do
+  [ -n "$n" ] || continue
+  say "waiting for root node $n"
+  wait_until "root node $n to register" sh -c "tctl --auth-server='$ROOT_AUTH' -i '$ROOT_IDENTITY' nodes ls | grep -qw '$n'"
+done
+
 first=${nodes[0]:-leaf-node-1}
 # The proof: the lab user logs in at the root and runs a command on a leaf node.
 say "checking a session: $LAB_USER -> $LAB_LOGIN@$first in $LEAF_CLUSTER"
@@ -108,7 +117,8 @@ export TSH_HOME
 TSH_HOME=$(mktemp -d)
 session() {
   echo "$LAB_PASSWORD" | tsh login --insecure --proxy="$ROOT_PROXY:3080" --user="$LAB_USER" >/dev/null &&
-    tsh ssh --cluster="$LEAF_CLUSTER" "$LAB_LOGIN@$first" true
+    tsh ssh --cluster="$LEAF_CLUSTER" "$LAB_LOGIN@$first" true &&
+    { [ -z "${root_nodes[0]:-}" ] || tsh ssh "$LAB_LOGIN@${root_nodes[0]}" true; }
 }
 wait_until "a session on $first" session
 rm -rf "$TSH_HOME"
@@ -116,9 +126,11 @@ cat <<TXT
 
 ================================================================================
 Portcullis two-cluster lab is ready.
-  root cluster  $ROOT_CLUSTER   two proxies behind the name $ROOT_PROXY
+  root cluster  $ROOT_CLUSTER   two proxies behind the name $ROOT_PROXY,
+                auth replicas ${ROOT_AUTH//,/ } on PostgreSQL
   leaf cluster  $LEAF_CLUSTER   no inbound connections: its agent dials the root
   user          $LAB_USER / $LAB_PASSWORD (root cluster); role access maps to visitor on the leaf
+  root nodes    ${ROOT_NODES//,/ }
   leaf nodes    ${LEAF_NODES//,/ }
 
 Next (with the standalone tool, write docker-compose instead of docker compose):
@@ -127,9 +139,11 @@ Next (with the standalone tool, write docker-compose instead of docker compose):
   docker compose exec client tsh ls --cluster=$LEAF_CLUSTER
   docker compose exec client tsh ssh --cluster=$LEAF_CLUSTER $LAB_LOGIN@$first hostname
   docker compose exec client tsh ssh --cluster=$LEAF_CLUSTER $LAB_LOGIN@$first
+$(for n in "${root_nodes[@]}"; do echo "  docker compose exec client tsh ssh $LAB_LOGIN@$n hostname"; done)
   docker compose exec client tctl get rc
   docker compose exec leaf-auth tctl get tc
   docker compose stop root-proxy-1                  # sessions keep working through root-proxy-2
+  docker compose kill root-auth-a                   # and through root-auth-b; start it again after
   docker compose down -v                            # remove the lab and its volumes
 ================================================================================
 TXT

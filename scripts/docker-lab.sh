@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything offline (base image with debootstrap when missing, the binaries, the
-# portcullis:dev image) and starts the two-cluster lab of docker-compose.yml; waits for its
+# portcullis:dev image and the lab's portcullis-postgres:dev) and starts the two-cluster lab of
+# docker-compose.yml (the root cluster: two auth replicas on PostgreSQL); waits for its
 # bootstrap to establish trust and prints what to run next. The lab keeps running; stop it
 # with `docker compose down -v` (or `docker-compose down -v`).
 # Usage: scripts/docker-lab.sh [--no-build] [docker-build.sh flags, e.g. --bin-dir DIR]
@@ -12,7 +13,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done

@@ -4,7 +4,12 @@
 #   root cluster: auth + proxy          (root.lab.portcullis.local)
 #   leaf cluster: auth + proxy + tunnel agent + one node  (leaf.lab.portcullis.local)
 # Environment: LAB_DIR (default ./lab, wiped at start), LAB_BASE_PORT (default 4000),
-# LAB_BIN (a directory with prebuilt binaries, e.g. target/release: skips the debug build).
+# LAB_BIN (a directory with prebuilt binaries, e.g. target/release: skips the debug build),
+# LAB_STORAGE: sled (default: each auth on its embedded store) or postgresql: a throwaway
+# PostgreSQL server (scripts/pg.sh: Debian's postgresql package, under /tmp, removed on exit) and
+# TWO root auth replicas sharing it and one CA key-encryption key; the root proxy lists both,
+# so either replica may be killed (kill the pid in $LAB_DIR/root-auth*.pid) without a failed
+# session. The leaf stays on sled.
 # Join and invite tokens never appear in argv: they go to 0600 files under $LAB_DIR/secrets,
 # which configs and flags name by path.
 set -euo pipefail
@@ -15,7 +20,20 @@ ROOT=root.lab.portcullis.local
 LEAF=leaf.lab.portcullis.local
 R_AUTH=$((BASE + 25)) R_WEB=$((BASE + 80)) R_SSH=$((BASE + 23)) R_TUN=$((BASE + 24))
 L_AUTH=$((BASE + 125)) L_WEB=$((BASE + 180)) L_SSH=$((BASE + 123)) L_TUN=$((BASE + 124)) L_NODE=$((BASE + 122))
+R_AUTH_B=$((BASE + 26)) PG_PORT=$((BASE + 54))
 PASSWORD=${LAB_PASSWORD:-portcullis-lab}
+STORAGE=${LAB_STORAGE:-sled}
+case "$STORAGE" in
+  sled|postgresql) ;;
+  *) echo "lab: LAB_STORAGE must be sled or postgresql, not '$STORAGE'" >&2; exit 2 ;;
+esac
+if [ "$STORAGE" = postgresql ]; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || {
+    echo "lab: LAB_STORAGE=postgresql needs PostgreSQL's server binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)" >&2
+    exit 1
+  }
+fi
 if [ "$(id -u)" = 0 ]; then
   id visitor >/dev/null 2>&1 || useradd --create-home --shell /bin/bash visitor
   VISITOR=visitor
@@ -37,11 +55,32 @@ mkdir -p "$LAB_DIR/secrets"
 # Token files are named by absolute path (a relative one would be read as the token itself).
 LAB_DIR=$(cd "$LAB_DIR" && pwd)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+PG_DIR=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$PG_DIR" ]; then
+    bash scripts/pg.sh stop "$PG_DIR" >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
+}
 trap cleanup EXIT INT TERM
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open; see $LAB_DIR/*.log" >&2; exit 1; }
-start() { local name=$1; shift; "$@" >"$LAB_DIR/$name.log" 2>&1 & pids+=($!); }
+start() { local name=$1; shift; "$@" >"$LAB_DIR/$name.log" 2>&1 & pids+=($!); echo $! >"$LAB_DIR/$name.pid"; }
 
+# A throwaway PostgreSQL on 127.0.0.1:$PG_PORT (scripts/pg.sh): its own directory under /tmp
+# (the postgres user cannot enter the private $LAB_DIR), role and database portcullis with a
+# random password. The connection string holds that password: it stays in the 0600 file
+# $PG_DIR/conn_string, which the auth configs name (auth reads it from there).
+start_postgres() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null && { echo "lab: port $PG_PORT (PostgreSQL) is in use; set LAB_BASE_PORT" >&2; exit 1; }
+  PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-lab-pg.XXXXXX")
+  # pg.sh prints the connection string too: not to the terminal.
+  bash scripts/pg.sh start "$PG_DIR" "$PG_PORT" >/dev/null
+}
+
+# The extra config lines of a root auth replica on PostgreSQL (empty on sled).
+AUTH_STORAGE="" AUTH_KEK=""
 auth() { # name cluster port [flags]
   local name=$1 cluster=$2 port=$3; shift 3
   cat > "$LAB_DIR/$name-auth.yaml" <<YAML
@@ -49,10 +88,12 @@ version: v3
 teleport:
   nodename: $name-auth
   data_dir: $LAB_DIR/$name/auth
+$AUTH_STORAGE
 auth_service:
   cluster_name: $cluster
   listen_addr: 127.0.0.1:$port
   tunnel_offline_after: 10s
+$AUTH_KEK
 YAML
   start "$name-auth" "$BIN/portcullis-auth" start -c "$LAB_DIR/$name-auth.yaml" "$@"
   wait_port "$port"
@@ -65,13 +106,13 @@ token_file() { local f="$LAB_DIR/secrets/$3.token"; token "$1" "$2" > "$f"; [ -s
 # The cluster CA pin, so joins check the auth service they reach instead of trusting it on
 # first use.
 pin() { tctl "$1" status | sed -n 's/^CA pin *//p'; }
-proxy() { # name authport web ssh tunnel
+proxy() { # name authports(comma-separated) web ssh tunnel
   cat > "$LAB_DIR/$1-proxy.yaml" <<YAML
 version: v3
 teleport:
   nodename: $1-proxy
   data_dir: $LAB_DIR/$1/proxy
-  auth_server: 127.0.0.1:$2
+  auth_servers: [127.0.0.1:${2//,/, 127.0.0.1:}]
   auth_token: $(token_file "$1" proxy "$1-proxy")
   ca_pin: $(pin "$1")
 proxy_service:
@@ -83,8 +124,24 @@ YAML
   wait_port "$3"
 }
 
-auth root "$ROOT" "$R_AUTH"
-proxy root "$R_AUTH" "$R_WEB" "$R_SSH" "$R_TUN"
+ROOT_AUTH_PORTS=$R_AUTH
+if [ "$STORAGE" = postgresql ]; then
+  start_postgres
+  # One key-encryption key for both replicas: the CA keys in the database are sealed with it.
+  od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$LAB_DIR/secrets/root-ca-kek"
+  AUTH_STORAGE="  storage:
+    type: postgresql
+    conn_string: $PG_DIR/conn_string"
+  AUTH_KEK="  ca_key_encryption_key_file: $LAB_DIR/secrets/root-ca-kek"
+  auth root "$ROOT" "$R_AUTH"
+  # The second replica starts once the first has made the cluster's CAs in the database.
+  auth root-b "$ROOT" "$R_AUTH_B"
+  AUTH_STORAGE="" AUTH_KEK=""
+  ROOT_AUTH_PORTS=$R_AUTH,$R_AUTH_B
+else
+  auth root "$ROOT" "$R_AUTH"
+fi
+proxy root "$ROOT_AUTH_PORTS" "$R_WEB" "$R_SSH" "$R_TUN"
 # The leaf accepts the root proxy's self-signed HTTPS certificate (--insecure), as in the guide.
 auth leaf "$LEAF" "$L_AUTH" --insecure
 proxy leaf "$L_AUTH" "$L_WEB" "$L_SSH" "$L_TUN"
@@ -150,11 +207,18 @@ done
 tctl root get rc 2>/dev/null | grep -q 'connection: online' \
   || echo "warning: the leaf's tunnel is not up after 60 s; see $LAB_DIR/leaf-agent.log" >&2
 
+HA_TEXT=""
+if [ "$STORAGE" = postgresql ]; then
+  HA_TEXT="                auth replicas 127.0.0.1:$R_AUTH and 127.0.0.1:$R_AUTH_B on PostgreSQL 127.0.0.1:$PG_PORT
+                (kill one: kill \$(cat $LAB_DIR/root-auth.pid); sessions go on through the other;
+                tctl -c $LAB_DIR/root-b-auth.yaml reaches the second one)
+"
+fi
 cat <<TXT
 
 Portcullis two-cluster lab is up (state and logs in $LAB_DIR).
   root cluster  $ROOT   proxy https://127.0.0.1:$R_WEB (self-signed: --insecure)
-  leaf cluster  $LEAF   no inbound port used: its agent dials the root's tunnel port $R_TUN
+$HA_TEXT  leaf cluster  $LEAF   no inbound port used: its agent dials the root's tunnel port $R_TUN
   user          alice / $PASSWORD (root cluster), maps to role "visitor" on the leaf
 
 Try, in another terminal:

@@ -20,9 +20,10 @@ pub struct GlobalFlags {
     /// Configuration file of the auth service on this host.
     #[arg(short = 'c', long = "config", env = "PORTCULLIS_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Address of the auth service (host:port), when not on the auth host.
-    #[arg(long = "auth-server", global = true)]
-    pub auth_server: Option<String>,
+    /// Address of the auth service (host:port), when not on the auth host; repeat it or
+    /// separate several with commas to use whichever answers.
+    #[arg(long = "auth-server", global = true, value_delimiter = ',')]
+    pub auth_server: Vec<String>,
     /// Identity file written by `tctl auth sign`, used with --auth-server.
     #[arg(short = 'i', long = "identity", global = true)]
     pub identity: Option<PathBuf>,
@@ -159,10 +160,23 @@ pub enum UsersCmd {
     Rm {
         name: String,
     },
-    /// Lift a user's lock after failed logins.
+    /// Lift a user's lock: an admin's (`users lock`) and the one after failed logins.
     Unlock {
         name: String,
     },
+    /// Lock a user out: its certificates are refused everywhere and no new ones are issued.
+    Lock(UsersLockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersLockArgs {
+    pub name: String,
+    /// How long the lock lasts (e.g. 30m, 12h); until `tctl users unlock` when omitted.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Why: shown to the user on every refusal.
+    #[arg(long, default_value = "")]
+    pub message: String,
 }
 
 #[derive(Debug, Args)]
@@ -272,7 +286,9 @@ mod tests {
             assert!(matches!(c.command, Command::Tokens { cmd: TokensCmd::Ls(_) }));
         }
         let c = parse(&["get", "rc", "--auth-server=10.0.0.1:3025", "-i", "id.json", "--insecure", "--debug"]);
-        assert_eq!(c.global.auth_server.as_deref(), Some("10.0.0.1:3025"));
+        assert_eq!(c.global.auth_server, vec!["10.0.0.1:3025"]);
+        let several = parse(&["status", "--auth-server=a:1,b", "--auth-server", "c:3"]);
+        assert_eq!(several.global.auth_server, vec!["a:1", "b", "c:3"]);
         assert_eq!(c.global.identity.as_deref(), Some(std::path::Path::new("id.json")));
         assert!(c.global.insecure && c.global.debug);
         match c.command {

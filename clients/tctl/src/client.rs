@@ -36,7 +36,8 @@ const NO_TARGET_HELP: &str = "tctl does not know which auth service to use: on t
 /// Where to connect and with which credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub addr: String,
+    /// Auth servers, `host:port`; whichever answers is used.
+    pub addrs: Vec<String>,
     pub identity_path: PathBuf,
     /// True when the identity is the auth host's admin identity from the config's data_dir.
     pub admin_identity: bool,
@@ -47,7 +48,7 @@ pub struct Target {
 pub fn resolve_target(g: &GlobalFlags, default_config: Option<&Path>) -> Result<Target, TctlError> {
     let config = g.config.clone().or_else(|| {
         // Only fall back to the default file when the user gave no explicit target at all.
-        if g.auth_server.is_none() && g.identity.is_none() {
+        if g.auth_server.is_empty() && g.identity.is_none() {
             default_config.filter(|p| p.exists()).map(Path::to_path_buf)
         } else {
             None
@@ -61,9 +62,11 @@ pub fn resolve_target(g: &GlobalFlags, default_config: Option<&Path>) -> Result<
         }
         None => None,
     };
-    let addr = match (&g.auth_server, &settings) {
-        (Some(a), _) => with_default_port(a, ports::AUTH),
-        (None, Some(s)) => dialable(s.listen_addr).to_string(),
+    let addrs = match (flag_addrs(&g.auth_server)?, &settings) {
+        (Some(a), _) => a,
+        // The file's `teleport.auth_servers` when it lists any, else this host's auth.
+        (None, Some(s)) if !s.common.auth_servers.is_empty() => s.common.auth_servers.clone(),
+        (None, Some(s)) => vec![dialable(s.listen_addr).to_string()],
         (None, None) if g.identity.is_some() => {
             return Err(TctlError::usage(
                 "-i IDENTITY_FILE needs --auth-server=HOST:3025 (the address of the auth service)",
@@ -80,7 +83,27 @@ pub fn resolve_target(g: &GlobalFlags, default_config: Option<&Path>) -> Result<
             ));
         }
     };
-    Ok(Target { addr, identity_path, admin_identity })
+    Ok(Target { addrs, identity_path, admin_identity })
+}
+
+/// `--auth-server` values (repeated or comma-separated), each with the default port when it
+/// has none; `None` when the flag was not given.
+fn flag_addrs(given: &[String]) -> Result<Option<Vec<String>>, TctlError> {
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in given {
+        let a = a.trim();
+        if a.is_empty() || a.contains(char::is_whitespace) || a.contains('/') {
+            return Err(TctlError::usage(format!("--auth-server: {a:?} is not a host:port address")));
+        }
+        let full = with_default_port(a, ports::AUTH);
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    Ok(Some(out))
 }
 
 /// A listen address as a client can dial it: the wildcard address becomes loopback.
@@ -111,6 +134,8 @@ pub fn load_identity(target: &Target) -> Result<Identity, TctlError> {
 pub fn status_error(addr: &str, s: &Status) -> TctlError {
     let msg = if s.message().is_empty() { s.code().description().to_string() } else { s.message().to_string() };
     match s.code() {
+        // Every auth server failed: the message names each address and why.
+        Code::Unavailable if msg.starts_with(portcullis_rpc::failover::UNREACHABLE) => TctlError::AuthUnreachable(msg),
         Code::Unavailable => TctlError::Unreachable { addr: addr.to_string(), reason: msg },
         _ => TctlError::Api(msg),
     }
@@ -127,13 +152,17 @@ pub struct AuthApi {
 pub async fn connect(g: &GlobalFlags) -> Result<AuthApi, TctlError> {
     let target = resolve_target(g, Some(Path::new(DEFAULT_CONFIG)))?;
     let identity = load_identity(&target)?;
-    tracing::debug!(addr = %target.addr, identity = %target.identity_path.display(), "connecting to the auth service");
+    let addr = target.addrs.join(",");
+    tracing::debug!(addrs = %addr, identity = %target.identity_path.display(), "connecting to the auth service");
     let tls = ClientTls::from_identity(&identity, AUTH_SERVER_NAME);
-    let channel = portcullis_rpc::connect(&target.addr, &tls).await.map_err(|e| match e {
-        RpcError::Connect { reason, .. } => TctlError::Unreachable { addr: target.addr.clone(), reason },
-        other => TctlError::Unreachable { addr: target.addr.clone(), reason: other.to_string() },
+    // Reaches one server now (so an unreachable auth is reported before anything else);
+    // later calls fail over between all of them.
+    let channel = portcullis_rpc::connect_auth(&target.addrs, &tls).await.map_err(|e| match e {
+        RpcError::Unreachable(msg) => TctlError::AuthUnreachable(msg),
+        RpcError::Connect { reason, .. } => TctlError::Unreachable { addr: addr.clone(), reason },
+        other => TctlError::Unreachable { addr: addr.clone(), reason: other.to_string() },
     })?;
-    Ok(AuthApi { client: AuthClient::new(channel), addr: target.addr, identity })
+    Ok(AuthApi { client: AuthClient::new(channel), addr, identity })
 }
 
 impl AuthApi {
@@ -193,6 +222,22 @@ impl AuthApi {
         }
     }
 
+    /// Locks a user (until unlocked, or for `ttl`).
+    pub async fn lock_user(&mut self, username: &str, ttl: Option<std::time::Duration>, message: &str) -> Result<(), TctlError> {
+        let req = portcullis_proto::auth::LockUserRequest {
+            username: username.into(),
+            ttl_seconds: ttl.map(|t| t.as_secs()).unwrap_or(0),
+            message: message.into(),
+        };
+        match self.client.lock_user(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::Unimplemented => {
+                Err(TctlError::Api("this auth service cannot lock users (it is older than tctl); upgrade it".into()))
+            }
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
     /// Lifts a user's lock; true when it was locked.
     pub async fn unlock_user(&mut self, username: &str) -> Result<bool, TctlError> {
         let req = portcullis_proto::auth::UnlockUserRequest { username: username.into() };
@@ -221,31 +266,57 @@ mod tests {
         .unwrap();
         let g = GlobalFlags { config: Some(cfg.clone()), ..flags() };
         let t = resolve_target(&g, None).unwrap();
-        assert_eq!(t.addr, "127.0.0.1:4025");
+        assert_eq!(t.addrs, vec!["127.0.0.1:4025"]);
         assert_eq!(t.identity_path, data.join(ADMIN_IDENTITY_FILE));
         assert!(t.admin_identity);
         // The default config is used only when nothing else is given.
         let t = resolve_target(&flags(), Some(&cfg)).unwrap();
-        assert_eq!(t.addr, "127.0.0.1:4025");
+        assert_eq!(t.addrs, vec!["127.0.0.1:4025"]);
         // --auth-server overrides the file's address.
-        let g = GlobalFlags { config: Some(cfg), auth_server: Some("auth.example.com".into()), ..flags() };
-        assert_eq!(resolve_target(&g, None).unwrap().addr, "auth.example.com:3025");
+        let g = GlobalFlags { config: Some(cfg), auth_server: vec!["auth.example.com".into()], ..flags() };
+        assert_eq!(resolve_target(&g, None).unwrap().addrs, vec!["auth.example.com:3025"]);
         let e = load_identity(&resolve_target(&g, None).unwrap()).unwrap_err().to_string();
         assert!(e.contains("admin-identity.json") && e.contains("is it running"), "{e}");
     }
 
     #[test]
+    fn config_auth_servers_are_used_when_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("p.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "teleport:\n  data_dir: {}\n  auth_servers: [auth-a:3025, auth-b]\nauth_service:\n  cluster_name: c\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let t = resolve_target(&GlobalFlags { config: Some(cfg), ..flags() }, None).unwrap();
+        assert_eq!(t.addrs, vec!["auth-a:3025", "auth-b:3025"]);
+    }
+
+    #[test]
     fn identity_file_elsewhere() {
-        let g = GlobalFlags { auth_server: Some("10.0.0.1:3025".into()), identity: Some("id.json".into()), ..flags() };
+        let g = GlobalFlags { auth_server: vec!["10.0.0.1:3025".into()], identity: Some("id.json".into()), ..flags() };
         let t = resolve_target(&g, Some(Path::new("/nonexistent/p.yaml"))).unwrap();
-        assert_eq!(t, Target { addr: "10.0.0.1:3025".into(), identity_path: "id.json".into(), admin_identity: false });
+        assert_eq!(t, Target { addrs: vec!["10.0.0.1:3025".into()], identity_path: "id.json".into(), admin_identity: false });
+        // Several auth servers, each with the default port when it has none; repeats count once.
+        let g = GlobalFlags {
+            auth_server: vec!["a".into(), "b:4025".into(), "a:3025".into()],
+            identity: Some("id.json".into()),
+            ..flags()
+        };
+        assert_eq!(resolve_target(&g, None).unwrap().addrs, vec!["a:3025", "b:4025"]);
+        let g = GlobalFlags { auth_server: vec!["a".into(), "".into()], identity: Some("id.json".into()), ..flags() };
+        let e = resolve_target(&g, None).unwrap_err().to_string();
+        assert!(e.contains("--auth-server: \"\" is not a host:port address"), "{e}");
     }
 
     #[test]
     fn missing_target_is_explained() {
         let e = resolve_target(&flags(), Some(Path::new("/nonexistent/p.yaml"))).unwrap_err().to_string();
         assert!(e.contains("-c") && e.contains("--auth-server") && e.contains("-i"), "{e}");
-        let g = GlobalFlags { auth_server: Some("h".into()), ..flags() };
+        let g = GlobalFlags { auth_server: vec!["h".into()], ..flags() };
         assert!(resolve_target(&g, None).unwrap_err().to_string().contains("-i IDENTITY_FILE"));
         let g = GlobalFlags { identity: Some("x".into()), ..flags() };
         assert!(resolve_target(&g, None).unwrap_err().to_string().contains("--auth-server"));
@@ -259,6 +330,9 @@ mod tests {
         assert_eq!(e, "access denied: nope");
         let e = status_error("a:1", &Status::unavailable("connection refused")).to_string();
         assert_eq!(e, "cannot reach the auth service at a:1: connection refused");
+        // The failover channel's message already names every address: shown as it is.
+        let m = "the auth service is unreachable: tried a:1 (connection refused), b:2 (timed out after 1s)";
+        assert_eq!(status_error("a:1,b:2", &Status::unavailable(m)).to_string(), m);
         let e = status_error("a:1", &Status::new(Code::NotFound, "")).to_string();
         assert!(!e.is_empty());
     }

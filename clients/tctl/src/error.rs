@@ -18,6 +18,9 @@ pub enum TctlError {
     Types(#[from] TypesError),
     #[error("cannot reach the auth service at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
+    /// No auth server answered; the message lists every address tried and why.
+    #[error("{0}")]
+    AuthUnreachable(String),
     /// The auth service refused or failed the request; its message is user-facing.
     #[error("{0}")]
     Api(String),

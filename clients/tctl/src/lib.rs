@@ -80,6 +80,7 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), TctlEr
             UsersCmd::Ls(f) => users::ls(api, out, f.format).await,
             UsersCmd::Rm { name } => users::rm(api, out, &name).await,
             UsersCmd::Unlock { name } => users::unlock(api, out, &name).await,
+            UsersCmd::Lock(a) => users::lock(api, out, &a).await,
         },
         Command::Create(a) => resources::create(api, out, &documents, a.force).await,
         Command::Get(a) => resources::get(api, out, &a.reference, a.format).await,
@@ -118,6 +119,9 @@ fn precheck(command: &Command) -> Result<(), TctlError> {
         }
         Command::Users { cmd: UsersCmd::Add(a) } => {
             users::new_user(a)?;
+        }
+        Command::Users { cmd: UsersCmd::Lock(a) } => {
+            users::lock_ttl(a)?;
         }
         Command::Get(a) => {
             portcullis_types::parse_resource_ref(&a.reference)?;

@@ -156,6 +156,8 @@ pub async fn ls(api: &mut AuthApi, out: &mut dyn Write, format: Format) -> Resul
                 .list_user_locks()
                 .await?
                 .into_iter()
+                // An admin lock with no end has no time to show (0).
+                .filter(|l| l.locked_until_unix > 0)
                 .filter_map(|l| OffsetDateTime::from_unix_timestamp(l.locked_until_unix).ok().map(|t| (l.username, t)))
                 .collect();
             users_table(&decode_all(&values)?, &locks).render()
@@ -171,7 +173,32 @@ pub async fn rm(api: &mut AuthApi, out: &mut dyn Write, name: &str) -> Result<()
     write_out(out, &format!("User \"{name}\" has been deleted\n"))
 }
 
-/// `tctl users unlock NAME`: lifts the lock failed logins put on a user.
+/// The `--ttl` of `users lock`: none means until unlocked; zero is refused.
+pub fn lock_ttl(args: &crate::cli::UsersLockArgs) -> Result<Option<std::time::Duration>, TctlError> {
+    match &args.ttl {
+        None => Ok(None),
+        Some(t) => {
+            let ttl = portcullis_types::parse_duration(t)?;
+            if ttl.as_secs() == 0 {
+                return Err(TctlError::usage(format!("--ttl={t} locks for no time; give at least 1s, or omit --ttl to lock until unlocked")));
+            }
+            Ok(Some(ttl))
+        }
+    }
+}
+
+/// `tctl users lock NAME [--ttl=30m] [--message=TEXT]`.
+pub async fn lock(api: &mut AuthApi, out: &mut dyn Write, args: &crate::cli::UsersLockArgs) -> Result<(), TctlError> {
+    let ttl = lock_ttl(args)?;
+    api.lock_user(&args.name, ttl, &args.message).await?;
+    let until = match ttl {
+        Some(t) => format!(" for {}", portcullis_types::format_duration_go(t)),
+        None => " until 'tctl users unlock' is run".to_string(),
+    };
+    write_out(out, &format!("User \"{}\" has been locked{until}.\n", args.name))
+}
+
+/// `tctl users unlock NAME`: lifts a user's admin lock and the lock failed logins put on it.
 pub async fn unlock(api: &mut AuthApi, out: &mut dyn Write, name: &str) -> Result<(), TctlError> {
     let text = if api.unlock_user(name).await? {
         format!("User \"{name}\" has been unlocked.\n")
@@ -187,6 +214,22 @@ mod tests {
 
     fn v(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lock_ttl_is_optional_and_must_be_positive() {
+        use clap::Parser;
+        let lock = |argv: &[&str]| match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Users { cmd: crate::cli::UsersCmd::Lock(a) } => a,
+            other => panic!("{other:?}"),
+        };
+        let a = lock(&["tctl", "users", "lock", "alice", "--ttl=30m", "--message=laptop stolen"]);
+        assert_eq!((a.name.as_str(), a.message.as_str()), ("alice", "laptop stolen"));
+        assert_eq!(lock_ttl(&a).unwrap(), Some(std::time::Duration::from_secs(1800)));
+        assert_eq!(lock_ttl(&lock(&["tctl", "users", "lock", "bob"])).unwrap(), None);
+        let e = lock_ttl(&lock(&["tctl", "users", "lock", "bob", "--ttl=0s"])).unwrap_err().to_string();
+        assert!(e.contains("--ttl=0s locks for no time"), "{e}");
+        assert!(lock_ttl(&lock(&["tctl", "users", "lock", "bob", "--ttl=soon"])).is_err());
     }
 
     #[test]

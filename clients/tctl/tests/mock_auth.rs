@@ -284,7 +284,25 @@ async fn unreachable_auth_is_named() {
     // A port nothing listens on.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let e = tctl(&free, &id, &["status"]).await.unwrap_err();
-    assert!(e.starts_with(&format!("cannot reach the auth service at {free}: ")), "{e}");
+    assert_eq!(e, format!("the auth service is unreachable: tried {free} (connection refused)"));
+    // Several auth servers: every one is named with why it failed.
+    // Bound but not listening: refuses connections, and no other test can take the port.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let free2 = sock.local_addr().unwrap().to_string();
+    let e = tctl(&format!("{free},{free2}"), &id, &["status"]).await.unwrap_err();
+    assert_eq!(e, format!("the auth service is unreachable: tried {free} (connection refused), {free2} (connection refused)"));
+}
+
+#[tokio::test]
+async fn a_dead_auth_server_in_the_list_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, id) = start(dir.path(), Arc::new(Mock::default())).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let t = std::time::Instant::now();
+    let out = tctl(&format!("{free},{addr}"), &id, &["status"]).await.unwrap();
+    assert!(!out.is_empty());
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 /// Runs the binary, as an administrator would, with `EDITOR` set.

@@ -71,6 +71,11 @@ impl From<AuthError> for Status {
                 st
             }
             AuthError::Types(t) => Status::invalid_argument(t.to_string()),
+            // The database is down: clients may retry, or try another auth server.
+            AuthError::Storage(StorageError::Unavailable { .. }) => {
+                tracing::error!(error = %e, "storage unavailable");
+                Status::unavailable(format!("the auth service cannot reach its database: {e}"))
+            }
             AuthError::Pki(p) => Status::invalid_argument(p.to_string()),
             AuthError::Storage(_)
             | AuthError::Config(_)

@@ -23,12 +23,20 @@ pub struct AuthService {
     state: Arc<AuthState>,
     /// Per peer address: `Join` is the one call anyone may make.
     join_limiter: Arc<portcullis_rpc::rate_limit::AddrRateLimiter>,
+    /// The access snapshots every `WatchAccess` stream shares (one build per change burst).
+    access_hub: Arc<crate::watch::AccessHub>,
 }
 
 impl AuthService {
     pub fn new(state: Arc<AuthState>) -> Self {
         let join_limiter = Arc::new(portcullis_rpc::rate_limit::AddrRateLimiter::new(state.logins.join_rate_limit));
-        AuthService { state, join_limiter }
+        let access_hub = Arc::new(crate::watch::AccessHub::new(&state));
+        AuthService { state, join_limiter, access_hub }
+    }
+
+    /// The shared `WatchAccess` feed (closed at shutdown so open streams end).
+    pub fn access_hub(&self) -> Arc<crate::watch::AccessHub> {
+        self.access_hub.clone()
     }
 
     /// The caller's identity, which must belong to this cluster and hold one of `roles`.
@@ -321,7 +329,9 @@ impl Auth for AuthService {
             tracing::warn!(sender = %id.name, event = %event, "audit event refused: {e}");
             return Err(e.into());
         }
-        self.state.audit.emit(&event, v);
+        // Answered once stored in the backend, so a sender keeps an event it spooled until
+        // then; a resend with the same `id` is stored once.
+        self.blocking(move |s| s.audit.record(&event, v)).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -402,14 +412,23 @@ impl Auth for AuthService {
 
     async fn list_user_locks(&self, req: Request<ListUserLocksRequest>) -> Result<Response<ListUserLocksResponse>, Status> {
         self.require(&req, &[system_role::ADMIN], "ListUserLocks")?;
-        let locks = self.blocking(|s| s.list_user_locks()).await?;
+        let (locks, admin) = self.blocking(|s| Ok((s.list_user_locks()?, s.admin_locks()?))).await?;
         let locks = locks
             .into_iter()
             .map(|l| UserLock {
                 username: l.username,
                 locked_until_unix: l.locked_until.unix_timestamp(),
                 failures: l.failures,
+                kind: "failed_logins".into(),
+                message: String::new(),
             })
+            .chain(admin.into_iter().map(|l| UserLock {
+                username: l.user,
+                locked_until_unix: l.until.unwrap_or(0),
+                failures: 0,
+                kind: "admin".into(),
+                message: l.message,
+            }))
             .collect();
         Ok(Response::new(ListUserLocksResponse { locks }))
     }
@@ -420,8 +439,25 @@ impl Auth for AuthService {
         if r.username.trim().is_empty() {
             return Err(Status::invalid_argument("the user name is empty"));
         }
-        let was_locked = self.blocking(move |s| s.unlock_user(&r.username, &caller.name)).await?;
+        let was_locked = self.blocking(move |s| s.unlock_user_fully(&r.username, &caller.name)).await?;
         Ok(Response::new(UnlockUserResponse { was_locked }))
+    }
+
+    async fn lock_user(&self, req: Request<LockUserRequest>) -> Result<Response<Empty>, Status> {
+        let caller = self.require(&req, &[system_role::ADMIN], "LockUser")?;
+        let r = req.into_inner();
+        self.blocking(move |s| s.lock_user(&r.username, ttl(r.ttl_seconds), &r.message, &caller.name)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn watch_access(
+        &self,
+        req: Request<WatchAccessRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<AccessSnapshotMessage>>, Status> {
+        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "WatchAccess")?;
+        // Nodes decide only about themselves: they get no node list.
+        let with_nodes = id.has_system_role(system_role::PROXY) || id.has_system_role(system_role::AGENT);
+        Ok(Response::new(Box::pin(self.access_hub.stream(with_nodes))))
     }
 
     async fn list_trusted_clusters(

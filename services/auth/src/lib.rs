@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod hashing;
 pub mod lockout;
+pub mod locks;
 pub mod metrics;
 pub mod nodes;
 pub mod resources;
@@ -17,6 +18,7 @@ pub mod tokens;
 pub mod trust;
 pub mod trust_client;
 pub mod users;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use portcullis_config::AuthSettings;
 use portcullis_proto::auth::auth_server::AuthServer;
+use portcullis_storage::Backend;
 use tokio::net::TcpListener;
 
 pub use error::AuthError;
@@ -57,11 +60,45 @@ pub async fn run_with_diag(
     let probes = portcullis_diag::Diag::new("opening the auth service's state");
     // Served from the start, so liveness probes answer while the state opens.
     let _diag_server = diag.map(|l| portcullis_diag::spawn(l, probes.clone()));
-    let data_dir = settings.common.data_dir.clone();
     // CA keys and password hashes live there: whatever this process creates stays private.
     portcullis_pki::datadir::restrict_umask();
-    let state = Arc::new(state::open_data_dir(&settings)?);
-    state.write_admin_identity(&admin_identity_path(&data_dir))?;
+    // Opening may wait on a database: off the async threads.
+    let opening = settings.clone();
+    let state = tokio::task::spawn_blocking(move || state::open_data_dir(&opening))
+        .await
+        .map_err(|e| AuthError::Internal(format!("opening the auth state failed: {e}")))??;
+    serve(settings, Arc::new(state), listener, probes, shutdown).await
+}
+
+/// [`run`] on a backend the caller opened: several in-process auth replicas sharing one
+/// backend (each with its own data directory for its admin identity and local audit copy).
+pub async fn run_on_backend(
+    settings: AuthSettings,
+    backend: Arc<dyn Backend>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AuthError> {
+    let probes = portcullis_diag::Diag::new("opening the auth service's state");
+    portcullis_pki::datadir::restrict_umask();
+    let opening = settings.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        portcullis_pki::datadir::prepare(&opening.common.data_dir).map_err(portcullis_pki::PkiError::from)?;
+        AuthState::open(&opening, backend)
+    })
+    .await
+    .map_err(|e| AuthError::Internal(format!("opening the auth state failed: {e}")))??;
+    serve(settings, Arc::new(state), listener, probes, shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves.
+async fn serve(
+    settings: AuthSettings,
+    state: Arc<AuthState>,
+    listener: TcpListener,
+    probes: portcullis_diag::Diag,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AuthError> {
+    state.write_admin_identity(&admin_identity_path(&settings.common.data_dir))?;
     let (cert, key) = state.server_identity(&[settings.common.nodename.clone()])?;
     let ca = vec![state.tls_ca.cert_pem().to_string()];
     // The handshakes run here, under the handshake timeout, not in tonic (which has none).
@@ -86,7 +123,15 @@ pub async fn run_with_diag(
 
     let addr = listener.local_addr().map_err(|e| AuthError::io("reading the listen address", e))?;
     tracing::info!(cluster = %state.cluster_name, %addr, "auth service is listening");
-    let service = AuthServer::new(grpc::AuthService::new(state.clone()))
+    let grpc_service = grpc::AuthService::new(state.clone());
+    // WatchAccess streams never end by themselves: end them at shutdown, or the graceful
+    // stop would wait for every watcher to hang up.
+    let hub = grpc_service.access_hub();
+    let shutdown = async move {
+        shutdown.await;
+        hub.close();
+    };
+    let service = AuthServer::new(grpc_service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let counters = metrics::AuthMetrics::default();

@@ -1,8 +1,7 @@
 //! Per-user lockout after repeated failed password logins, kept in the backend so a restart
 //! does not lift it. Any name gets a record, known or not, so a lock reveals nothing about
-//! which users exist.
-
-use std::sync::Mutex;
+//! which users exist. Records change only by compare-and-swap, so guesses spread over
+//! several auth replicas are all counted.
 
 use portcullis_storage::BackendExt;
 use serde::{Deserialize, Serialize};
@@ -11,16 +10,13 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use crate::error::AuthError;
-use crate::state::{AuthState, now};
+use crate::state::{AuthState, Change, atomic_update, now, to_json};
 
 const PREFIX: &str = "login_attempts/";
 
 fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
-
-/// Serialises read-modify-write of attempt records, so parallel guesses are all counted.
-static UPDATES: Mutex<()> = Mutex::new(());
 
 /// Failed logins of one user name, as stored.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -89,58 +85,67 @@ impl AuthState {
         if cfg.max_failures == 0 {
             return Ok(None);
         }
-        let _serial = UPDATES.lock().unwrap_or_else(|p| p.into_inner());
         let now = now().unix_timestamp();
-        let mut a = self.attempts(username)?.unwrap_or_default();
         let lock = |a: &Attempts, until: i64| UserLock {
             username: username.to_string(),
             locked_until: at(until),
             failures: a.failures.len() as u32,
         };
-        match a.locked_until {
-            Some(until) if until > now => return Ok(Some(lock(&a, until))),
-            // An expired lock starts the count afresh.
-            Some(_) => {
-                a.locked_until = None;
-                a.failures.clear();
+        let (started, in_force) = atomic_update(self.backend.as_ref(), &key(username), |current| {
+            // An unreadable record counts as none: it must not make a name unlockable.
+            let mut a: Attempts = current.and_then(|c| serde_json::from_slice(c).ok()).unwrap_or_default();
+            match a.locked_until {
+                Some(until) if until > now => return Ok(Change::Keep((false, Some(lock(&a, until))))),
+                // An expired lock starts the count afresh.
+                Some(_) => {
+                    a.locked_until = None;
+                    a.failures.clear();
+                }
+                None => {}
             }
-            None => {}
-        }
-        let window_start = now - cfg.window.as_secs() as i64;
-        a.failures.retain(|t| *t > window_start);
-        a.failures.push(now);
-        let mut started = None;
-        if a.failures.len() as u32 >= cfg.max_failures {
-            let until = now + cfg.duration.as_secs() as i64;
-            a.locked_until = Some(until);
-            started = Some(lock(&a, until));
-        }
-        self.backend.put_json(&key(username), &a)?;
-        if started.is_some() {
+            let window_start = now - cfg.window.as_secs() as i64;
+            a.failures.retain(|t| *t > window_start);
+            a.failures.push(now);
+            let mut started = None;
+            if a.failures.len() as u32 >= cfg.max_failures {
+                let until = now + cfg.duration.as_secs() as i64;
+                a.locked_until = Some(until);
+                started = Some(lock(&a, until));
+            }
+            Ok(Change::Put(to_json(&a)?, (started.is_some(), started)))
+        })?;
+        if started {
             // A lock must survive a crash right after it is answered.
             self.backend.flush()?;
         }
-        Ok(started)
+        Ok(in_force)
     }
 
-    /// Forgets failures after a successful login (no write when there were none).
-    pub fn clear_login_failures(&self, username: &str) -> Result<(), AuthError> {
-        let _serial = UPDATES.lock().unwrap_or_else(|p| p.into_inner());
-        if self.attempts(username)?.is_some() {
-            self.backend.delete(&key(username))?;
-        }
-        Ok(())
+    /// Forgets failures after a successful login (no write when there were none), unless a
+    /// lock is in force by then: that lock is returned and kept. One atomic step, so a lock
+    /// a parallel guess sets on any replica is never wiped by a login that raced it.
+    pub fn clear_login_failures(&self, username: &str) -> Result<Option<UserLock>, AuthError> {
+        let now = now().unix_timestamp();
+        atomic_update(self.backend.as_ref(), &key(username), |current| {
+            let Some(bytes) = current else { return Ok(Change::Keep(None)) };
+            let a: Attempts = serde_json::from_slice(bytes).unwrap_or_default();
+            match a.locked_until {
+                Some(until) if until > now => Ok(Change::Keep(Some(UserLock {
+                    username: username.to_string(),
+                    locked_until: at(until),
+                    failures: a.failures.len() as u32,
+                }))),
+                _ => Ok(Change::Delete(None)),
+            }
+        })
     }
 
     /// Lifts the lock on `username` and forgets its failures; audited. False when it was not
     /// locked.
     pub fn unlock_user(&self, username: &str, by: &str) -> Result<bool, AuthError> {
         let was_locked = self.user_lock(username)?;
-        {
-            let _serial = UPDATES.lock().unwrap_or_else(|p| p.into_inner());
-            self.backend.delete(&key(username))?;
-            self.backend.flush()?;
-        }
+        self.backend.delete(&key(username))?;
+        self.backend.flush()?;
         self.audit.emit(
             "user.unlock",
             json!({
@@ -173,7 +178,6 @@ impl AuthState {
 
     /// Removes records with no lock in force and no failure within the window.
     pub fn sweep_login_attempts(&self) -> Result<usize, AuthError> {
-        let _serial = UPDATES.lock().unwrap_or_else(|p| p.into_inner());
         let now = now().unix_timestamp();
         let window_start = now - self.logins.lockout.window.as_secs() as i64;
         let mut removed = 0;
@@ -182,8 +186,8 @@ impl AuthState {
                 Ok(a) => a.locked_until.is_none_or(|u| u <= now) && a.failures.iter().all(|t| *t <= window_start),
                 Err(_) => true,
             };
-            if stale {
-                self.backend.delete(&k)?;
+            // Only the stale record read: a failure counted meanwhile keeps it.
+            if stale && self.backend.compare_and_delete(&k, &v)? {
                 removed += 1;
             }
         }

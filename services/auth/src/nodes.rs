@@ -1,5 +1,6 @@
 //! Servers announcing themselves: nodes and proxies, kept with an expiry that heartbeats
-//! push forward.
+//! push forward. Every write here is atomic across auth replicas sharing the backend (name
+//! claims and heartbeats are compare-and-swap loops, sweeps compare-and-delete).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -8,9 +9,10 @@ use std::time::Duration;
 use portcullis_proto::auth::HeartbeatRequest;
 use portcullis_storage::BackendExt;
 use portcullis_types::Node;
+use time::OffsetDateTime;
 
 use crate::error::AuthError;
-use crate::state::{AuthState, now};
+use crate::state::{AuthState, Change, atomic_update, now, to_json};
 
 /// A node missing heartbeats for this long drops out of listings.
 pub const SERVER_TTL: Duration = Duration::from_secs(60);
@@ -29,8 +31,14 @@ fn key(kind: &str, id: &str) -> String {
 /// unique per cluster; the first live host to announce a name keeps it.
 const NAME_PREFIX: &str = "nodenames/";
 
-/// Serialises heartbeats' check-then-claim of node names (two hosts racing for one name).
-static CLAIMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// What storing a heartbeat did.
+enum Stored {
+    /// Written; the record it replaced, if any.
+    Replaced(Option<Box<Node>>),
+    /// Not written: the stored record is from a heartbeat received later (a delayed older
+    /// one lost the race, here or on another auth replica).
+    Stale,
+}
 
 /// What the auth service itself saw of a heartbeat's sender, as opposed to what the
 /// request claims: these decide where the node is dialled and what it may be called.
@@ -53,6 +61,17 @@ impl AuthState {
     /// certificate was issued for and not held by another live host; its address is the one
     /// it connects from (see [`node_addr`]). Returns warnings for the node to log.
     pub fn heartbeat(&self, req: &HeartbeatRequest, seen: &Observed) -> Result<Vec<String>, AuthError> {
+        self.heartbeat_at(req, seen, now())
+    }
+
+    /// [`Self::heartbeat`] received at `received`: the record's expiry counts from then, and
+    /// a record from a heartbeat received later is never replaced by this one.
+    pub fn heartbeat_at(
+        &self,
+        req: &HeartbeatRequest,
+        seen: &Observed,
+        received: OffsetDateTime,
+    ) -> Result<Vec<String>, AuthError> {
         let prefix = match req.kind.as_str() {
             "node" => "nodes",
             "proxy" => "proxies",
@@ -83,53 +102,71 @@ impl AuthState {
             node.metadata.labels.insert(TUNNEL_ADDR_LABEL.into(), req.tunnel_addr.clone());
         }
         let ttl = if req.kind == "proxy" { PROXY_TTL } else { SERVER_TTL };
-        node.metadata.expires = Some(now() + time::Duration::try_from(ttl).unwrap_or(time::Duration::MINUTE));
+        node.metadata.expires = Some(received + time::Duration::try_from(ttl).unwrap_or(time::Duration::MINUTE));
         if req.kind == "node" {
-            let _claims = CLAIMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.claim_node_name(&req.hostname, &req.host_id)?;
-            self.backend.put_json(&key(prefix, &req.host_id), &node)?;
-        } else {
-            self.backend.put_json(&key(prefix, &req.host_id), &node)?;
+        }
+        match self.store_newer(&key(prefix, &req.host_id), &node)? {
+            // A renamed node frees the name it held before.
+            Stored::Replaced(Some(old)) if req.kind == "node" && old.spec.hostname != req.hostname => {
+                self.release_node_name(&old.spec.hostname, &req.host_id)?;
+            }
+            Stored::Replaced(_) => {}
+            Stored::Stale => {
+                tracing::debug!(host_id = %req.host_id, "a newer heartbeat is already recorded; this older one is dropped");
+            }
         }
         Ok(warnings)
     }
 
-    /// Takes `name` for `host_id` unless another live host holds it; frees the name the host
-    /// held before when it was renamed. Callers hold [`CLAIMS`].
+    /// Writes a server record unless the stored one expires no earlier (it came from a
+    /// heartbeat received later), atomically: of two heartbeats handled at once, here or on
+    /// another auth replica, the newer one always ends up stored.
+    fn store_newer(&self, key: &str, node: &Node) -> Result<Stored, AuthError> {
+        let bytes = to_json(node)?;
+        atomic_update(self.backend.as_ref(), key, |current| {
+            let old = current.and_then(|c| serde_json::from_slice::<Node>(c).ok());
+            let newer_stored = old
+                .as_ref()
+                .and_then(|o| o.metadata.expires)
+                .is_some_and(|stored| node.metadata.expires.is_none_or(|new| stored >= new));
+            Ok(if newer_stored { Change::Keep(Stored::Stale) } else { Change::Put(bytes.clone(), Stored::Replaced(old.map(Box::new))) })
+        })
+    }
+
+    /// Takes `name` for `host_id` unless another live host holds it, atomically: of many
+    /// hosts claiming one free name at once, on any auth replicas, exactly one gets it.
     fn claim_node_name(&self, name: &str, host_id: &str) -> Result<(), AuthError> {
-        let name_key = format!("{NAME_PREFIX}{name}");
-        let holder = self.backend.get(&name_key)?.map(|v| String::from_utf8_lossy(&v).into_owned());
-        match holder {
-            Some(h) if h == host_id => return Ok(()),
-            Some(h) if self.is_live_node(&h)? => {
-                return Err(AuthError::AlreadyExists(format!(
-                    "node name {name:?} is already held by host {h}; host {host_id} may not announce it \
-                     (stop the other host, or join this one under another name)"
-                )));
-            }
-            _ => {}
-        }
         // A name held by a node id (another host's uuid) is that host's too.
         if name != host_id && self.is_live_node(name)? {
             return Err(AuthError::AlreadyExists(format!(
                 "node name {name:?} is the id of another live host; host {host_id} may not announce it"
             )));
         }
-        if let Some(old) = self.get_node(host_id)?
-            && old.spec.hostname != name
-        {
-            self.release_node_name(&old.spec.hostname, host_id)?;
-        }
-        self.backend.put(&name_key, host_id.as_bytes())?;
-        Ok(())
+        let name_key = format!("{NAME_PREFIX}{name}");
+        atomic_update(self.backend.as_ref(), &name_key, |current| {
+            match current.map(|v| String::from_utf8_lossy(v).into_owned()) {
+                Some(h) if h == host_id => Ok(Change::Keep(())),
+                Some(h) if self.holds_names(&h)? => Err(AuthError::AlreadyExists(format!(
+                    "node name {name:?} is already held by host {h}; host {host_id} may not announce it \
+                     (stop the other host, or join this one under another name)"
+                ))),
+                _ => Ok(Change::Put(host_id.as_bytes().to_vec(), ())),
+            }
+        })
+    }
+
+    /// Whether a name claimed by `holder` stays its: while its heartbeats are current, and
+    /// while it has no record yet (its first heartbeat claimed the name and is writing the
+    /// record now; a claim its host never followed up is freed by the sweep).
+    fn holds_names(&self, holder: &str) -> Result<bool, AuthError> {
+        let now = now();
+        Ok(self.get_node(holder)?.is_none_or(|n| n.metadata.expires.is_none_or(|e| e > now)))
     }
 
     /// Frees `name` if `host_id` holds it.
     fn release_node_name(&self, name: &str, host_id: &str) -> Result<(), AuthError> {
-        let name_key = format!("{NAME_PREFIX}{name}");
-        if self.backend.get(&name_key)?.is_some_and(|v| v == host_id.as_bytes()) {
-            self.backend.delete(&name_key)?;
-        }
+        self.backend.compare_and_delete(&format!("{NAME_PREFIX}{name}"), host_id.as_bytes())?;
         Ok(())
     }
 
@@ -185,45 +222,20 @@ impl AuthState {
     }
 
     pub fn delete_node(&self, id: &str) -> Result<bool, AuthError> {
-        let _claims = CLAIMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = self.get_node(id)? {
-            self.release_node_name(&n.spec.hostname, id)?;
+        let existed = self.backend.delete(&key("nodes", id))?;
+        // Every name this host holds (normally one; a renamed host's old one too).
+        for (k, v) in self.backend.list(NAME_PREFIX)? {
+            if v == id.as_bytes() {
+                self.backend.compare_and_delete(&k, &v)?;
+            }
         }
-        Ok(self.backend.delete(&key("nodes", id))?)
+        Ok(existed)
     }
 
     /// Finds the node `host` names: its id, its name, or its address. Only registered
     /// nodes are ever returned, so a proxy cannot be made to dial anything else.
     pub fn resolve_node(&self, host: &str, port: u32) -> Result<Node, AuthError> {
-        let nodes = self.list_nodes()?;
-        let with_port = format!("{host}:{port}");
-        let matches: Vec<&Node> = nodes
-            .iter()
-            .filter(|n| {
-                n.metadata.name == host
-                    || n.spec.hostname == host
-                    || n.spec.addr == with_port
-                    || ((port == 0 || port == 3022) && addr_host(&n.spec.addr) == host)
-            })
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(AuthError::NotFound(format!(
-                "node {host:?} is not found in cluster {:?} (see tsh ls)",
-                self.cluster_name
-            ))),
-            many => {
-                // Several nodes share the name: an exact id or address wins, else ambiguity.
-                if let Some(n) = many.iter().find(|n| n.metadata.name == host || n.spec.addr == with_port) {
-                    return Ok((*n).clone());
-                }
-                let ids: Vec<&str> = many.iter().map(|n| n.metadata.name.as_str()).collect();
-                Err(AuthError::bad(format!(
-                    "{host:?} matches several nodes ({}); use the node id",
-                    ids.join(", ")
-                )))
-            }
-        }
+        Ok(portcullis_access::resolve_node(&self.list_nodes()?, &self.cluster_name, host, port)?)
     }
 
     /// Proxies whose heartbeats are current, with the tunnel address agents should dial.
@@ -241,7 +253,9 @@ impl AuthState {
             .collect())
     }
 
-    /// Drops expired nodes, proxies and tokens.
+    /// Drops expired nodes, proxies and tokens, and name claims no host followed up. Each
+    /// record goes only if it is still the expired one read (compare-and-delete): a
+    /// heartbeat that refreshed it meanwhile, through any auth replica, keeps it.
     pub fn sweep_expired(&self) -> Result<usize, AuthError> {
         let now = now();
         let mut removed = 0;
@@ -249,33 +263,32 @@ impl AuthState {
             for (k, v) in self.backend.list(prefix)? {
                 if let Ok(n) = serde_json::from_slice::<Node>(&v) {
                     // Keep a grace period so a briefly partitioned node is not forgotten.
-                    if n.metadata.expires.is_some_and(|e| e + time::Duration::minutes(10) < now) {
+                    if n.metadata.expires.is_some_and(|e| e + time::Duration::minutes(10) < now)
+                        && self.backend.compare_and_delete(&k, &v)?
+                    {
                         if prefix == "nodes/" {
-                            let _claims = CLAIMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                             self.release_node_name(&n.spec.hostname, &n.metadata.name)?;
                         }
-                        self.backend.delete(&k)?;
                         removed += 1;
                     }
                 }
             }
         }
-        for t in self.backend.list_json::<portcullis_types::ProvisionToken>("tokens/")? {
-            if t.is_expired(now) {
-                self.backend.delete(&format!("tokens/{}", t.token()))?;
+        for (k, v) in self.backend.list(NAME_PREFIX)? {
+            let holder = String::from_utf8_lossy(&v).into_owned();
+            if self.get_node(&holder)?.is_none() && self.backend.compare_and_delete(&k, &v)? {
+                removed += 1;
+            }
+        }
+        for (k, v) in self.backend.list("tokens/")? {
+            let expired = serde_json::from_slice::<portcullis_types::ProvisionToken>(&v).is_ok_and(|t| t.is_expired(now));
+            if expired && self.backend.compare_and_delete(&k, &v)? {
                 removed += 1;
             }
         }
         // Failed-login records of any name a guesser tried (lockout.rs).
         removed += self.sweep_login_attempts()?;
         Ok(removed)
-    }
-}
-
-fn addr_host(addr: &str) -> &str {
-    match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_matches(|c| c == '[' || c == ']'),
-        None => addr,
     }
 }
 

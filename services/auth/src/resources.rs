@@ -5,7 +5,7 @@ use portcullis_types::{CertAuthority, Kind, Resource};
 use serde_json::Value;
 
 use crate::error::AuthError;
-use crate::state::AuthState;
+use crate::state::{AuthState, create_json};
 
 impl AuthState {
     /// Creates or replaces a resource given as JSON; returns (kind, name, created).
@@ -14,10 +14,38 @@ impl AuthState {
         let res = Resource::from_json_value(value)?;
         let kind = res.kind();
         let name = res.name().to_string();
-        let exists = self.resource_exists(kind, &name)?;
-        if exists && create_only {
-            return Err(AuthError::AlreadyExists(format!("{} {name:?} already exists; use -f to overwrite", kind.as_str())));
+        let taken = || AuthError::AlreadyExists(format!("{} {name:?} already exists; use -f to overwrite", kind.as_str()));
+        if create_only {
+            // Created only if absent, in the backend itself: of two `tctl create` of one name
+            // through different auth replicas, exactly one succeeds.
+            let b = self.backend.as_ref();
+            let created = match &res {
+                Resource::Role(r) => create_json(b, &crate::users::role_key(r.name()), r)?,
+                Resource::User(u) => {
+                    self.check_user_roles(u)?;
+                    create_json(b, &crate::users::user_key(u.name()), u)?
+                }
+                Resource::Token(t) => {
+                    if self.static_tokens.iter().any(|s| s.value.expose() == t.token()) {
+                        return Err(taken());
+                    }
+                    create_json(b, &crate::tokens::token_key(t.token()), t)?
+                }
+                Resource::Node(n) => create_json(b, &format!("nodes/{}", n.metadata.name), n)?,
+                // Not created by hand: handled below (an update, or a refusal).
+                Resource::CertAuthority(_) | Resource::RemoteCluster(_) | Resource::TrustedCluster(_) => {
+                    !self.resource_exists(kind, &name)?
+                }
+            };
+            if !created {
+                return Err(taken());
+            }
+            if matches!(res, Resource::Role(_) | Resource::User(_) | Resource::Token(_) | Resource::Node(_)) {
+                self.backend.flush()?;
+                return Ok((kind, name, true));
+            }
         }
+        let exists = self.resource_exists(kind, &name)?;
         match res {
             Resource::Role(r) => self.put_role(&r)?,
             Resource::User(u) => self.put_user(&u)?,

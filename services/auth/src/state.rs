@@ -1,17 +1,19 @@
 //! The auth service's state: storage, the three certificate authorities, static tokens
 //! and the audit log. Loaded once at start; the CAs are created on first start, their
-//! private keys sealed with the key-encryption key kept outside the database.
+//! private keys sealed with the key-encryption key kept outside the database. Several auth
+//! replicas may open one shared database at once: whatever they create at first start is
+//! created only if absent, and every replica then uses what won.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_config::{AuthSettings, StaticToken};
+use portcullis_config::{AuthSettings, StaticToken, StorageSettings};
 use portcullis_pki::datadir;
 use portcullis_pki::kek::{Kek, KekError};
 use portcullis_pki::ssh::SshCa;
 use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
 use portcullis_pki::{Identity, PkiError, Secret};
-use portcullis_storage::{Backend, BackendExt, SledBackend, StorageError};
+use portcullis_storage::{Backend, BackendExt, PostgresBackend, SledBackend, StorageError};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
@@ -23,6 +25,67 @@ const KEY_HOST_CA: &str = "cas/ssh_host";
 const KEY_TLS_CA: &str = "cas/tls";
 /// Every stored CA, each sealed under its own storage key.
 const CA_KEYS: [&str; 3] = [KEY_USER_CA, KEY_HOST_CA, KEY_TLS_CA];
+/// A known text sealed with the key-encryption key of the first replica to start: a replica
+/// with another key is refused before it writes any CA (see [`claim_kek`]).
+const KEY_KEK_CHECK: &str = "kek/check";
+const KEK_CHECK_TEXT: &[u8] = b"portcullis key-encryption key check";
+
+/// A read-modify-write gives up after this many lost races (each one means another writer
+/// succeeded, so this is only reached under a pathological write storm on one record).
+const MAX_UPDATE_ATTEMPTS: usize = 1000;
+
+/// What [`atomic_update`]'s closure decides for the current value.
+pub(crate) enum Change<T> {
+    /// Write these bytes (only if the record is still what the closure saw).
+    Put(Vec<u8>, T),
+    /// Delete the record (only if it is still what the closure saw).
+    Delete(T),
+    /// Leave it as it is.
+    Keep(T),
+}
+
+/// Read-modify-write of one record, atomic across every process sharing `backend`: `f`
+/// sees the current value and decides; when another writer changed the record in between,
+/// `f` runs again on the new value. This replaces process-local locks, which several auth
+/// replicas on one database would not share.
+pub(crate) fn atomic_update<T>(
+    backend: &dyn Backend,
+    key: &str,
+    mut f: impl FnMut(Option<&[u8]>) -> Result<Change<T>, AuthError>,
+) -> Result<T, AuthError> {
+    for _ in 0..MAX_UPDATE_ATTEMPTS {
+        let current = backend.get(key)?;
+        match f(current.as_deref())? {
+            Change::Keep(t) => return Ok(t),
+            Change::Put(new, t) => {
+                if backend.compare_and_swap(key, current.as_deref(), &new)? {
+                    return Ok(t);
+                }
+            }
+            Change::Delete(t) => match &current {
+                None => return Ok(t),
+                Some(c) => {
+                    if backend.compare_and_delete(key, c)? {
+                        return Ok(t);
+                    }
+                }
+            },
+        }
+    }
+    Err(AuthError::Internal(format!(
+        "record {key} kept changing during {MAX_UPDATE_ATTEMPTS} attempts to update it; try again"
+    )))
+}
+
+/// JSON of `value` for storage.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, AuthError> {
+    serde_json::to_vec(value).map_err(|e| AuthError::Internal(format!("cannot encode a record: {e}")))
+}
+
+/// Stores `value` under `key` only if absent; returns whether it did.
+pub(crate) fn create_json<T: Serialize>(backend: &dyn Backend, key: &str, value: &T) -> Result<bool, AuthError> {
+    Ok(backend.create(key, &to_json(value)?)?)
+}
 
 /// A CA as stored: its public half, and its private key sealed with the key-encryption key
 /// (AES-256-GCM, the storage key as associated data). Data directories from before sealing
@@ -58,12 +121,19 @@ impl StoredCa {
 }
 
 /// Everything the RPC handlers work on.
+///
+/// Several replicas may share `backend`. Every field but the backend is either fixed for the
+/// cluster's life (its name and CAs: created once, never rotated, the same on every replica)
+/// or this replica's own configuration and machinery (static tokens, limits, the hashing
+/// workers, the local copy of the audit log); everything another replica can change (users,
+/// roles, tokens, nodes, trust, locks) is read from the backend on each call, never cached.
 pub struct AuthState {
     pub cluster_name: String,
     pub backend: Arc<dyn Backend>,
     pub user_ca: SshCa,
     pub host_ca: SshCa,
     pub tls_ca: TlsCa,
+    /// `auth_service.tokens` of this replica's configuration: give every replica the same.
     pub static_tokens: Vec<StaticToken>,
     pub audit: AuditLog,
     /// A leaf is offline this long after its last live tunnel report.
@@ -84,24 +154,52 @@ impl std::fmt::Debug for AuthState {
     }
 }
 
-fn load_or_create_ssh_ca(b: &dyn Backend, kek: &Kek, key: &str) -> Result<SshCa, AuthError> {
+/// The CA stored under `key`, or a new one made with `generate` and stored only if no other
+/// replica stored one first; then the stored one wins, so all replicas sign with one CA.
+fn load_or_create_ca<T>(
+    b: &dyn Backend,
+    key: &str,
+    load: impl Fn(&StoredCa) -> Result<T, AuthError>,
+    generate: impl FnOnce() -> Result<(T, StoredCa), AuthError>,
+) -> Result<T, AuthError> {
     if let Some(stored) = b.get_json::<StoredCa>(key)? {
-        return Ok(SshCa::from_openssh(stored.private(kek, key)?.expose())?);
+        return load(&stored);
     }
-    let ca = SshCa::generate()?;
-    let stored = StoredCa::sealed(kek, key, &Secret::new(ca.private_openssh()?), ca.public_line()?)?;
-    b.put_json(key, &stored)?;
-    Ok(ca)
+    let (ca, stored) = generate()?;
+    if create_json(b, key, &stored)? {
+        return Ok(ca);
+    }
+    let stored = b.get_json::<StoredCa>(key)?.ok_or_else(|| StorageError::Corrupt {
+        key: key.to_string(),
+        reason: "the CA another auth server created vanished".into(),
+    })?;
+    load(&stored)
+}
+
+fn load_or_create_ssh_ca(b: &dyn Backend, kek: &Kek, key: &str) -> Result<SshCa, AuthError> {
+    load_or_create_ca(
+        b,
+        key,
+        |stored| Ok(SshCa::from_openssh(stored.private(kek, key)?.expose())?),
+        || {
+            let ca = SshCa::generate()?;
+            let stored = StoredCa::sealed(kek, key, &Secret::new(ca.private_openssh()?), ca.public_line()?)?;
+            Ok((ca, stored))
+        },
+    )
 }
 
 fn load_or_create_tls_ca(b: &dyn Backend, kek: &Kek, cluster: &str) -> Result<TlsCa, AuthError> {
-    if let Some(stored) = b.get_json::<StoredCa>(KEY_TLS_CA)? {
-        return Ok(TlsCa::from_pem(cluster, &stored.public, stored.private(kek, KEY_TLS_CA)?.expose())?);
-    }
-    let ca = TlsCa::generate(cluster)?;
-    let stored = StoredCa::sealed(kek, KEY_TLS_CA, &ca.key_pem(), ca.cert_pem().to_string())?;
-    b.put_json(KEY_TLS_CA, &stored)?;
-    Ok(ca)
+    load_or_create_ca(
+        b,
+        KEY_TLS_CA,
+        |stored| Ok(TlsCa::from_pem(cluster, &stored.public, stored.private(kek, KEY_TLS_CA)?.expose())?),
+        || {
+            let ca = TlsCa::generate(cluster)?;
+            let stored = StoredCa::sealed(kek, KEY_TLS_CA, &ca.key_pem(), ca.cert_pem().to_string())?;
+            Ok((ca, stored))
+        },
+    )
 }
 
 /// The key-encryption key named by `auth_service.ca_key_encryption_key_file`. Made on first
@@ -111,14 +209,49 @@ fn load_kek(settings: &AuthSettings, b: &dyn Backend) -> Result<Kek, AuthError> 
     if let Some(kek) = Kek::load(path).map_err(PkiError::from)? {
         return Ok(kek);
     }
+    let mut sealed = b.get(KEY_KEK_CHECK)?.is_some();
     for key in CA_KEYS {
-        if b.get_json::<StoredCa>(key)?.is_some_and(|s| s.sealed_private.is_some()) {
-            return Err(PkiError::from(KekError::Missing { file: path.display().to_string() }).into());
-        }
+        sealed = sealed || b.get_json::<StoredCa>(key)?.is_some_and(|s| s.sealed_private.is_some());
     }
-    let kek = Kek::create(path).map_err(PkiError::from)?;
-    tracing::info!(file = %path.display(), "created the key-encryption key for the CA private keys");
-    Ok(kek)
+    if sealed {
+        return Err(PkiError::from(KekError::Missing { file: path.display().to_string() }).into());
+    }
+    match Kek::create(path) {
+        Ok(kek) => {
+            tracing::info!(file = %path.display(), "created the key-encryption key for the CA private keys");
+            Ok(kek)
+        }
+        // Another replica on this host made it first: use that one, once it is written.
+        Err(KekError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            for _ in 0..50 {
+                if let Ok(Some(kek)) = Kek::load(path) {
+                    return Ok(kek);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Kek::load(path).map_err(PkiError::from)?.ok_or_else(|| {
+                PkiError::from(KekError::Missing { file: path.display().to_string() })
+            })?)
+        }
+        Err(e) => Err(PkiError::from(e).into()),
+    }
+}
+
+/// Records which key-encryption key this database uses, or checks `kek` is that one. Two
+/// replicas starting at once on an empty database with different key files: one claims it,
+/// the other is refused here before it writes a CA, so no CA is ever sealed under two keys.
+fn claim_kek(kek: &Kek, b: &dyn Backend) -> Result<(), AuthError> {
+    let check = kek.seal(KEY_KEK_CHECK, KEK_CHECK_TEXT).map_err(PkiError::from)?;
+    if b.create(KEY_KEK_CHECK, check.as_bytes())? {
+        return Ok(());
+    }
+    let stored = b.get(KEY_KEK_CHECK)?.unwrap_or_default();
+    let stored = String::from_utf8_lossy(&stored);
+    let opened = kek.open(KEY_KEK_CHECK, &stored).map_err(PkiError::from)?;
+    if opened.expose().as_slice() != KEK_CHECK_TEXT {
+        return Err(PkiError::from(KekError::WrongKey { file: kek.path().display().to_string() }).into());
+    }
+    Ok(())
 }
 
 /// Checks that `kek` opens every sealed CA, then seals those still stored in clear (older data
@@ -127,20 +260,25 @@ fn load_kek(settings: &AuthSettings, b: &dyn Backend) -> Result<Kek, AuthError> 
 fn seal_with(kek: &Kek, b: &dyn Backend) -> Result<usize, AuthError> {
     let mut plain = Vec::new();
     for key in CA_KEYS {
-        if let Some(stored) = b.get_json::<StoredCa>(key)? {
-            let private = stored.private(kek, key)?;
-            if stored.sealed_private.is_none() {
-                plain.push((key, StoredCa::sealed(kek, key, &private, stored.public)?));
-            }
+        let Some(raw) = b.get(key)? else { continue };
+        let stored: StoredCa = serde_json::from_slice(&raw)
+            .map_err(|e| StorageError::Corrupt { key: key.to_string(), reason: e.to_string() })?;
+        let private = stored.private(kek, key)?;
+        if stored.sealed_private.is_none() {
+            plain.push((key, raw, StoredCa::sealed(kek, key, &private, stored.public)?));
         }
     }
-    for (key, sealed) in &plain {
-        b.put_json(key, sealed)?;
+    let mut sealed = 0;
+    for (key, raw, new) in &plain {
+        // Another replica migrating at the same moment wrote an equally good sealed copy.
+        if b.compare_and_swap(key, Some(raw.as_slice()), &to_json(new)?)? {
+            sealed += 1;
+        }
     }
-    if !plain.is_empty() {
+    if sealed > 0 {
         b.flush()?;
     }
-    Ok(plain.len())
+    Ok(sealed)
 }
 
 /// Seals CA private keys stored in clear by older versions, with the configured key; returns
@@ -149,56 +287,90 @@ pub fn seal_plaintext_cas(settings: &AuthSettings, b: &dyn Backend) -> Result<us
     seal_with(&load_kek(settings, b)?, b)
 }
 
-/// Opens the auth state in `data_dir`: makes the directory private (refusing one others can
-/// read that already holds data), opens the sled database, seals CA keys an older version
-/// stored in clear and rewrites the database so no clear copy stays in its files.
+/// Opens the backend `teleport.storage` names: sled in the data directory (sealing CA keys
+/// an older version stored in clear and rewriting the database so no clear copy stays in its
+/// files), or the shared PostgreSQL database.
+pub fn open_backend(settings: &AuthSettings) -> Result<Arc<dyn Backend>, AuthError> {
+    match &settings.storage {
+        StorageSettings::Sled { dir } => {
+            let mut backend = SledBackend::open(dir)?;
+            let sealed = seal_plaintext_cas(settings, &backend)?;
+            if sealed > 0 {
+                // sled keeps overwritten values in its log: keep only a fresh copy of the live records.
+                drop(backend);
+                SledBackend::rewrite(dir)?;
+                backend = SledBackend::open(dir)?;
+                warn_sealed(settings, sealed);
+            }
+            Ok(Arc::new(backend))
+        }
+        StorageSettings::Postgres { conn } => {
+            tracing::info!(database = %conn.addr(), "connecting to PostgreSQL");
+            let backend = PostgresBackend::connect(conn.expose())?;
+            let sealed = seal_plaintext_cas(settings, &backend)?;
+            if sealed > 0 {
+                warn_sealed(settings, sealed);
+            }
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
+fn warn_sealed(settings: &AuthSettings, count: usize) {
+    tracing::warn!(
+        count,
+        kek = %settings.ca_key_encryption_key_file.display(),
+        "sealed CA private keys that were stored in clear; back up the key-encryption key file separately"
+    );
+}
+
+/// Opens the auth state: makes the data directory private (refusing one others can read
+/// that already holds data), then opens the configured backend (see [`open_backend`]).
 pub fn open_data_dir(settings: &AuthSettings) -> Result<AuthState, AuthError> {
     let data_dir = &settings.common.data_dir;
     let prepared = datadir::prepare(data_dir).map_err(PkiError::from)?;
     if !prepared.fixed.is_empty() {
         tracing::warn!(data_dir = %data_dir.display(), count = prepared.fixed.len(), "made files in the data directory private (0600/0700)");
     }
-    let backend_dir = data_dir.join("backend");
-    let mut backend = SledBackend::open(&backend_dir)?;
-    let sealed = seal_plaintext_cas(settings, &backend)?;
-    if sealed > 0 {
-        // sled keeps overwritten values in its log: keep only a fresh copy of the live records.
-        drop(backend);
-        SledBackend::rewrite(&backend_dir)?;
-        backend = SledBackend::open(&backend_dir)?;
-        tracing::warn!(
-            count = sealed,
-            kek = %settings.ca_key_encryption_key_file.display(),
-            "sealed CA private keys that were stored in clear; back up the key-encryption key file separately"
-        );
+    AuthState::open(settings, open_backend(settings)?)
+}
+
+/// What holds the state, for messages (never a connection string).
+fn storage_name(settings: &AuthSettings) -> String {
+    match &settings.storage {
+        StorageSettings::Sled { .. } => format!("the data directory {}", settings.common.data_dir.display()),
+        other => other.describe(),
     }
-    AuthState::open(settings, Arc::new(backend))
 }
 
 impl AuthState {
-    /// Opens the state in `backend`, creating the CAs on first start. A data directory that
-    /// belongs to another cluster is refused rather than silently re-keyed.
+    /// Opens the state in `backend`, creating the CAs on first start. A database that
+    /// belongs to another cluster is refused rather than silently re-keyed. Safe to run on
+    /// several replicas at once: the first to store the cluster name, the key-encryption key
+    /// check and each CA wins, and the others load what it stored.
     pub fn open(settings: &AuthSettings, backend: Arc<dyn Backend>) -> Result<Self, AuthError> {
         let cluster = settings.cluster_name.clone();
         // Leaves are told the root's name and scope its host CA by it: it must be a DNS name.
         portcullis_types::validate_cluster_name(&cluster)
             .map_err(|e| AuthError::bad(format!("auth_service.cluster_name: {e}")))?;
-        match backend.get_json::<String>(KEY_CLUSTER_NAME)? {
-            Some(existing) if existing != cluster => {
-                return Err(AuthError::bad(format!(
-                    "the data directory {} belongs to cluster {existing:?}, but auth_service.cluster_name is {cluster:?}",
-                    settings.common.data_dir.display()
-                )));
+        if !create_json(backend.as_ref(), KEY_CLUSTER_NAME, &cluster)? {
+            match backend.get_json::<String>(KEY_CLUSTER_NAME)? {
+                Some(existing) if existing != cluster => {
+                    return Err(AuthError::bad(format!(
+                        "{} belongs to cluster {existing:?}, but auth_service.cluster_name is {cluster:?}",
+                        storage_name(settings)
+                    )));
+                }
+                _ => {}
             }
-            Some(_) => {}
-            None => backend.put_json(KEY_CLUSTER_NAME, &cluster)?,
         }
         let kek = load_kek(settings, backend.as_ref())?;
         seal_with(&kek, backend.as_ref())?;
+        claim_kek(&kek, backend.as_ref())?;
         let user_ca = load_or_create_ssh_ca(backend.as_ref(), &kek, KEY_USER_CA)?;
         let host_ca = load_or_create_ssh_ca(backend.as_ref(), &kek, KEY_HOST_CA)?;
         let tls_ca = load_or_create_tls_ca(backend.as_ref(), &kek, &cluster)?;
-        let audit = AuditLog::open(&settings.common.data_dir, &cluster)?;
+        let audit = AuditLog::open(&settings.common.data_dir, &cluster, backend.clone())?;
         let state = AuthState {
             cluster_name: cluster,
             backend,
@@ -322,6 +494,32 @@ mod tests {
         let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
         let e = AuthState::open(&settings, Arc::new(MemoryBackend::new())).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("auth_service.cluster_name") && e.contains("Root_Cluster"), "{e}");
+    }
+
+    #[test]
+    fn an_unreachable_postgresql_database_is_named_at_start_without_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "teleport:\n  data_dir: {}\n  storage:\n    type: postgresql\n    conn_string: \"postgresql://portcullis:hunter2-pw@127.0.0.1:1/portcullis?connect_timeout=3\"\nauth_service:\n  cluster_name: pg.example.com\n",
+            dir.path().display()
+        );
+        let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
+        let e = open_data_dir(&settings).unwrap_err();
+        assert!(matches!(e, AuthError::Storage(StorageError::Unavailable { .. })), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("the database at 127.0.0.1:1 is unreachable"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_database_of_another_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(MemoryBackend::new());
+        AuthState::open(&settings(dir.path(), ""), b.clone()).unwrap();
+        let yaml = format!("teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: other.example.com\n", dir.path().display());
+        let other = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
+        let e = AuthState::open(&other, b).unwrap_err().to_string();
+        assert!(e.contains("belongs to cluster \"kek.example.com\", but auth_service.cluster_name is \"other.example.com\""), "{e}");
     }
 
     #[test]

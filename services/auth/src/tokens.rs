@@ -20,7 +20,7 @@ const SERVICE_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Dynamic tokens without an explicit TTL expire after this.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 
-fn token_key(value: &str) -> String {
+pub(crate) fn token_key(value: &str) -> String {
     format!("tokens/{value}")
 }
 
@@ -77,8 +77,17 @@ impl AuthState {
         Ok(token)
     }
 
+    /// Stores a token. One that expires is stored with that TTL, so the backend drops it
+    /// then on every replica (the sweep is only a fallback).
     pub fn put_token(&self, token: &ProvisionToken) -> Result<(), AuthError> {
-        self.backend.put_json(&token_key(token.token()), token)?;
+        let key = token_key(token.token());
+        let bytes = crate::state::to_json(token)?;
+        // An already expired one (`tctl create` of an old token) is stored as given: it
+        // joins nothing, and the sweep removes it.
+        match token.metadata.expires.map(|e| std::time::Duration::try_from(e - now())) {
+            Some(Ok(ttl)) if !ttl.is_zero() => self.backend.put_ttl(&key, &bytes, ttl)?,
+            _ => self.backend.put(&key, &bytes)?,
+        }
         self.backend.flush()?;
         Ok(())
     }

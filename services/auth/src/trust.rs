@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::AuthError;
-use crate::state::{AuthState, now};
+use crate::state::{AuthState, Change, atomic_update, create_json, now, to_json};
 
 /// The exact text a leaf sees when its token is refused (SPEC §7).
 pub const TOKEN_REJECTED: &str = "access denied: the cluster token has been rejected";
@@ -46,9 +46,6 @@ struct TunnelReport {
     count: u32,
     at: time::OffsetDateTime,
 }
-
-/// Serialises trust validations (see [`AuthState::validate_trusted_cluster`]).
-static TRUST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Which leaf cluster an invite token was used by: a token registers one name only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,34 +119,40 @@ impl AuthState {
             return Err(AuthError::bad("the leaf must send its TLS, SSH user and SSH host CAs"));
         }
         let new = ClusterCas::from_proto(&cas);
-        // One validation at a time: the checks below and the writes after them must not
-        // interleave with another leaf's (two names racing on one token).
-        let _guard = TRUST_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // No lock: several auth replicas may validate at once. Each record below is created
+        // only if absent, and the loser of a race re-reads what won (two leaves racing for
+        // one name, or one token, on any replicas: exactly one wins).
         let token_key = trust_token_key(&token);
-        if let Some(used) = self.backend.get_json::<TokenUse>(&token_key)?
-            && used.cluster != leaf
-        {
+        let token_used_by_other = |used: &TokenUse| {
             let reason = format!(
                 "this invite token was already used by leaf cluster {:?}; a token registers one cluster name, not {leaf:?} (tctl tokens add --type=trusted_cluster for another)",
                 used.cluster
             );
             refuse(reason.clone());
-            return Err(AuthError::denied(format!("access denied: {reason}")));
+            AuthError::denied(format!("access denied: {reason}"))
+        };
+        let other_keys = || {
+            let reason = format!("a cluster named {leaf:?} is already trusted with other keys; remove it first (tctl rm rc/{leaf})");
+            refuse(reason.clone());
+            AuthError::denied(format!("access denied: {reason}"))
+        };
+        let same_keys = |c: &ClusterCas| c.tls == new.tls && c.ssh_host == new.ssh_host && c.ssh_user == new.ssh_user;
+        if let Some(used) = self.backend.get_json::<TokenUse>(&token_key)?
+            && used.cluster != leaf
+        {
+            return Err(token_used_by_other(&used));
         }
         let existing = self.backend.get_json::<ClusterCas>(&remote_cas_key(&leaf))?;
         match &existing {
             Some(existing) => {
-                if existing.tls != new.tls || existing.ssh_host != new.ssh_host || existing.ssh_user != new.ssh_user {
-                    let reason = format!("a cluster named {leaf:?} is already trusted with other keys; remove it first (tctl rm rc/{leaf})");
-                    refuse(reason.clone());
-                    return Err(AuthError::denied(format!("access denied: {reason}")));
+                if !same_keys(existing) {
+                    return Err(other_keys());
                 }
             }
             None => {
                 // A name inside another cluster's (`a.leaf` next to `leaf`, or the other way
                 // round) would let one CA's `*.<name>` pattern cover the other's hosts.
-                let others = self.remote_cas()?.into_iter().map(|(n, _)| n).chain([self.cluster_name.clone()]);
-                if let Some(other) = others.into_iter().find(|o| nested(&leaf, o)) {
+                if let Some(other) = self.overlapping(&leaf)? {
                     let reason = format!(
                         "a leaf cluster cannot be named {leaf:?}: it overlaps cluster {other:?} (one name ends with '.' + the other), so their host CAs' scopes would overlap"
                     );
@@ -172,12 +175,42 @@ impl AuthState {
                 }
             }
         }
-        let rc = self.backend.get_json::<RemoteCluster>(&rc_key(&leaf))?.unwrap_or_else(|| RemoteCluster::new(leaf.clone()));
-        self.backend.put_json(&token_key, &TokenUse { cluster: leaf.clone() })?;
-        self.backend.put_json(&remote_cas_key(&leaf), &new)?;
-        self.backend.put_json(&rc_key(&leaf), &rc)?;
+        // The name: created if absent, else it must hold these very keys (the same leaf
+        // asking again, or winning a race against itself).
+        let cas_key = remote_cas_key(&leaf);
+        let new_bytes = to_json(&new)?;
+        let created = self.backend.create(&cas_key, &new_bytes)?;
+        if !created && !self.backend.get_json::<ClusterCas>(&cas_key)?.is_some_and(|c| same_keys(&c)) {
+            return Err(other_keys());
+        }
+        // Undoes this call's claim of the name when a later step refuses it.
+        let give_back = || -> Result<(), AuthError> {
+            if created {
+                self.backend.compare_and_delete(&cas_key, &new_bytes)?;
+            }
+            Ok(())
+        };
+        if created && let Some(other) = self.overlapping(&leaf)? {
+            // An overlapping name was claimed at the same moment: both step back (a retry
+            // then finds the one that stayed), never both trusted.
+            give_back()?;
+            let reason = format!(
+                "a leaf cluster cannot be named {leaf:?}: it overlaps cluster {other:?} (one name ends with '.' + the other), so their host CAs' scopes would overlap"
+            );
+            refuse(reason.clone());
+            return Err(AuthError::denied(format!("access denied: {reason}")));
+        }
+        // The token: it registers this name, unless another name took it first.
+        if !create_json(self.backend.as_ref(), &token_key, &TokenUse { cluster: leaf.clone() })?
+            && let Some(used) = self.backend.get_json::<TokenUse>(&token_key)?
+            && used.cluster != leaf
+        {
+            give_back()?;
+            return Err(token_used_by_other(&used));
+        }
+        // Its status record, kept when it exists (tunnel heartbeats, labels).
+        create_json(self.backend.as_ref(), &rc_key(&leaf), &RemoteCluster::new(leaf.clone()))?;
         self.backend.flush()?;
-        drop(_guard);
         self.audit.emit(
             "trusted_cluster.create",
             json!({"success": true, "cluster": leaf, "remote_addr": req.remote_addr}),
@@ -185,22 +218,44 @@ impl AuthState {
         Ok(ValidateTrustedClusterResponse { root_cluster_name: self.cluster_name.clone(), root_cas: Some(self.own_cas()?) })
     }
 
+    /// Another trusted leaf, or this cluster, whose name `leaf` lies inside or around.
+    fn overlapping(&self, leaf: &str) -> Result<Option<String>, AuthError> {
+        let others = self.remote_cas()?.into_iter().map(|(n, _)| n).chain([self.cluster_name.clone()]);
+        Ok(others.into_iter().find(|o| o != leaf && nested(leaf, o)))
+    }
+
     /// Records how many tunnels a proxy holds per leaf.
     pub fn report_tunnels(&self, proxy_id: &str, tunnels: &BTreeMap<String, u32>) -> Result<(), AuthError> {
-        let at = now();
+        self.report_tunnels_at(proxy_id, tunnels, now())
+    }
+
+    /// [`Self::report_tunnels`] received at `at`. Several proxies report through several auth
+    /// replicas at once: each proxy has its own report record, and the leaf's
+    /// `last_heartbeat` is moved forward atomically, never backwards, without losing a
+    /// concurrent label change.
+    pub fn report_tunnels_at(
+        &self,
+        proxy_id: &str,
+        tunnels: &BTreeMap<String, u32>,
+        at: time::OffsetDateTime,
+    ) -> Result<(), AuthError> {
         for (leaf, count) in tunnels {
             if self.backend.get(&rc_key(leaf))?.is_none() {
                 continue;
             }
             self.backend.put_json(&format!("{}{proxy_id}", tunnels_prefix(leaf)), &TunnelReport { count: *count, at })?;
             if *count > 0 {
-                if let Some(mut rc) = self.backend.get_json::<RemoteCluster>(&rc_key(leaf))? {
-                    // Never move last_heartbeat backwards.
-                    if rc.status.last_heartbeat.is_none_or(|h| h < at) {
-                        rc.status.last_heartbeat = Some(at);
-                        self.backend.put_json(&rc_key(leaf), &rc)?;
+                atomic_update(self.backend.as_ref(), &rc_key(leaf), |current| {
+                    // Gone meanwhile (tctl rm rc/...): nothing to bring back.
+                    let Some(mut rc) = current.and_then(|c| serde_json::from_slice::<RemoteCluster>(c).ok()) else {
+                        return Ok(Change::Keep(()));
+                    };
+                    if rc.status.last_heartbeat.is_some_and(|h| h >= at) {
+                        return Ok(Change::Keep(()));
                     }
-                }
+                    rc.status.last_heartbeat = Some(at);
+                    Ok(Change::Put(to_json(&rc)?, ()))
+                })?;
             }
         }
         Ok(())
@@ -233,12 +288,20 @@ impl AuthState {
     /// Only labels of a remote cluster can be changed by hand.
     pub fn update_remote_cluster(&self, rc: &RemoteCluster) -> Result<(), AuthError> {
         let name = &rc.metadata.name;
-        let mut stored = self.backend.get_json::<RemoteCluster>(&rc_key(name))?.ok_or_else(|| {
-            AuthError::NotFound(format!("remote cluster {name:?} does not exist; it appears when a leaf establishes trust"))
-        })?;
-        stored.metadata.labels = rc.metadata.labels.clone();
-        self.backend.put_json(&rc_key(name), &stored)?;
-        Ok(())
+        // Atomic: a tunnel heartbeat stored meanwhile by another replica is kept.
+        atomic_update(self.backend.as_ref(), &rc_key(name), |current| {
+            let mut stored = current
+                .map(serde_json::from_slice::<RemoteCluster>)
+                .transpose()
+                .map_err(|e| portcullis_storage::StorageError::Corrupt { key: rc_key(name), reason: e.to_string() })?
+                .ok_or_else(|| {
+                    AuthError::NotFound(format!(
+                        "remote cluster {name:?} does not exist; it appears when a leaf establishes trust"
+                    ))
+                })?;
+            stored.metadata.labels = rc.metadata.labels.clone();
+            Ok(Change::Put(to_json(&stored)?, ()))
+        })
     }
 
     /// `tctl rm rc/<leaf>`: forget the leaf and its CAs; its tunnels are dropped by the

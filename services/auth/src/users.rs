@@ -24,10 +24,10 @@ const MIN_PASSWORD_LEN: usize = 6;
 /// The one answer to a wrong password, whether or not the user exists.
 pub const INVALID_LOGIN: &str = "invalid username or password";
 
-fn role_key(name: &str) -> String {
+pub(crate) fn role_key(name: &str) -> String {
     format!("roles/{name}")
 }
-fn user_key(name: &str) -> String {
+pub(crate) fn user_key(name: &str) -> String {
     format!("users/{name}")
 }
 fn password_key(name: &str) -> String {
@@ -45,11 +45,10 @@ pub struct CertParams<'a> {
 
 impl AuthState {
     pub(crate) fn ensure_preset_roles(&self) -> Result<(), AuthError> {
+        // Created only if absent: a replica starting never overwrites an edited preset role
+        // another replica's admin just saved.
         for role in preset_roles() {
-            let key = role_key(role.name());
-            if self.backend.get(&key)?.is_none() {
-                self.backend.put_json(&key, &role)?;
-            }
+            crate::state::create_json(self.backend.as_ref(), &role_key(role.name()), &role)?;
         }
         Ok(())
     }
@@ -88,12 +87,18 @@ impl AuthState {
     }
 
     pub fn put_user(&self, user: &User) -> Result<(), AuthError> {
+        self.check_user_roles(user)?;
+        Ok(self.backend.put_json(&user_key(user.name()), user)?)
+    }
+
+    /// Every role `user` names must exist.
+    pub(crate) fn check_user_roles(&self, user: &User) -> Result<(), AuthError> {
         for r in &user.spec.roles {
             if self.get_role(r)?.is_none() {
                 return Err(AuthError::bad(format!("user {:?}: role {r:?} does not exist", user.name())));
             }
         }
-        Ok(self.backend.put_json(&user_key(user.name()), user)?)
+        Ok(())
     }
 
     pub fn list_users(&self) -> Result<Vec<User>, AuthError> {
@@ -115,7 +120,15 @@ impl AuthState {
             return Err(AuthError::bad(format!("password must be at least {MIN_PASSWORD_LEN} characters")));
         }
         let hash = self.passwords.hash(password)?;
-        self.backend.put_json(&password_key(username), &hash)?;
+        let key = password_key(username);
+        let bytes = crate::state::to_json(&hash)?;
+        self.backend.put(&key, &bytes)?;
+        // The user may have been deleted meanwhile (on this or another replica): a hash
+        // left behind would let a later user of that name in with this password.
+        if self.get_user(username)?.is_none() {
+            self.backend.compare_and_delete(&key, &bytes)?;
+            return Err(AuthError::NotFound(format!("user {username:?} does not exist")));
+        }
         self.backend.flush()?;
         Ok(())
     }
@@ -171,12 +184,12 @@ impl AuthState {
             }
             Err(e) => return Err(refuse(e, None)),
         };
-        // Parallel guesses may have locked the user while this one was being checked.
-        if let Some(lock) = self.user_lock(username)? {
+        // Parallel guesses, through any replica, may have locked the user while this one was
+        // being checked: clearing the failures and checking for that lock are one step.
+        if let Some(lock) = self.clear_login_failures(username)? {
             let e = AuthError::denied(locked_message(username, lock.locked_until, lock.failures));
             return Err(refuse(e, Some(&lock)));
         }
-        self.clear_login_failures(username)?;
         let certs = self.user_certs(&user, params)?;
         self.audit.emit(
             "user.login",
@@ -187,6 +200,7 @@ impl AuthState {
 
     /// SSH and TLS certificates for `user`, principals and TTL from its roles.
     pub fn user_certs(&self, user: &User, params: CertParams<'_>) -> Result<UserCerts, AuthError> {
+        self.refuse_if_admin_locked(user.name())?;
         let roles = self.roles_named(&user.spec.roles)?;
         let traits: BTreeMap<String, Vec<String>> = user.spec.traits.clone();
         let checker = AccessChecker::new(roles, traits.clone());

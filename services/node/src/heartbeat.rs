@@ -1,5 +1,5 @@
 //! Announces the node to the auth service every few seconds and picks up the current set
-//! of trusted user CAs from each answer (trusted clusters come and go).
+//! of trusted user CAs from each answer and from the access cache (trusted clusters come and go).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -86,6 +86,22 @@ pub async fn run(client: AuthClient<Channel>, info: Announcement, cas: UserCas, 
                 tracing::warn!("heartbeat to the auth service failed: no answer in {CALL_TIMEOUT:?}");
                 beats.failed();
             }
+        }
+    }
+}
+
+/// Keeps the trusted user CAs in step with the access cache (the cluster's own and those of
+/// enabled trusted roots), so trust changes apply at once and a restart with auth down
+/// trusts what the kept snapshot says. Runs until the cache goes away.
+pub async fn follow_cache(cache: portcullis_access::AccessCache, cas: UserCas) {
+    let mut rx = cache.changed();
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if let Some(snap) = snap {
+            update_cas(&cas, &crate::backend::trusted_user_cas(&snap));
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The Portcullis node: an SSH server for one host that trusts the cluster's user CA, asks
-//! the auth service for every login decision, and announces itself with heartbeats.
+//! The Portcullis node: an SSH server for one host that trusts the cluster's user CA, decides
+//! logins from a watched cache of the cluster's access rules, and announces itself with heartbeats.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -18,12 +18,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use portcullis_access::AccessCache;
 use portcullis_config::NodeSettings;
 use portcullis_pki::Identity;
 use portcullis_pki::ssh::{parse_certificate, parse_private_key};
 use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
-use portcullis_rpc::{ClientTls, connect_lazy};
+use portcullis_rpc::{ClientTls, connect_auth_lazy};
 use russh::{MethodKind, MethodSet, SshId};
 use portcullis_net::{ConnGuard, ConnectionLimits, Gate, GatedListener, PreAuth};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +34,7 @@ use tokio::task::JoinSet;
 pub use error::NodeError;
 
 use crate::audit::Auditor;
-use crate::backend::AuthBackend;
+use crate::backend::{AuthBackend, CachedAuth};
 use crate::heartbeat::Announcement;
 use crate::server::{Connection, NodeContext};
 
@@ -42,6 +43,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a client that did not authenticate in time is told.
 const PRE_AUTH_EXPIRED: &str = "authentication timed out (connection_limits.pre_auth_timeout)";
+/// The access snapshot kept under data_dir, so a restart with auth down still decides logins.
+pub const ACCESS_CACHE_FILE: &str = "access-cache.json";
 /// How long open connections get to close when the node stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -137,20 +140,39 @@ pub async fn run_with_diag(
     let local = listener.local_addr()?;
     let principals = host_principals(&settings, local);
     let id = portcullis_rpc::join::join_or_load(&settings.common, "node", &principals).await?;
-    let auth_addr = settings.common.auth_servers.first().ok_or(NodeError::NoAuthServer)?;
-    let auth = AuthClient::new(connect_lazy(auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
+    if settings.common.auth_servers.is_empty() {
+        return Err(NodeError::NoAuthServer);
+    }
+    // Every configured auth server: calls spread over the live ones and fail over.
+    let auth = AuthClient::new(connect_auth_lazy(&settings.common.auth_servers, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
     let mut config = ssh_config(&id)?;
     config.keepalive_interval = Some(settings.limits.keepalive_interval);
     let config = Arc::new(config);
     let nodename =
         if settings.common.nodename.is_empty() { id.nodename.clone() } else { settings.common.nodename.clone() };
     let user_cas = Arc::new(RwLock::new(heartbeat::parse_cas(&id.ssh_user_cas)));
-    let backend: Arc<dyn AuthBackend> = Arc::new(auth.clone());
+    // Logins are decided from this cache, so they keep working while no auth server answers.
+    let access = AccessCache::start_for_cluster(
+        auth.clone(),
+        settings.common.data_dir.join(ACCESS_CACHE_FILE),
+        &id.cluster_name,
+    );
+    let own_record = portcullis_types::Node::new(
+        id.name.clone(),
+        nodename.clone(),
+        advertised_addr(settings.public_addr.as_deref(), local),
+        settings.common.labels.clone(),
+    );
+    let backend: Arc<dyn AuthBackend> = Arc::new(CachedAuth::new(auth.clone(), access.clone(), own_record));
+    // Audit events wait on disk while auth is unreachable, and across restarts.
+    let spool_dir = settings.common.data_dir.join(portcullis_rpc::audit_spool::SPOOL_DIR);
+    let audit = Auditor::open(&spool_dir, backend.clone()).map_err(portcullis_rpc::RpcError::from)?;
+    audit.spool().register_metrics(&probes.metrics);
     let ctx = Arc::new(NodeContext {
         nodename: nodename.clone(),
         node_id: id.name.clone(),
         auth: backend.clone(),
-        audit: Auditor::new(backend),
+        audit,
         user_cas: user_cas.clone(),
         cas_refreshed: Default::default(),
         metrics: node_metrics.clone(),
@@ -162,10 +184,12 @@ pub async fn run_with_diag(
         labels: settings.common.labels.clone(),
         version: VERSION.to_string(),
     };
+    let follow = tokio::spawn(heartbeat::follow_cache(access, user_cas.clone()));
     let beat = tokio::spawn(heartbeat::run(auth, announcement, user_cas, node_metrics.heartbeat.clone()));
     tracing::info!(node = %nodename, host_id = %id.name, cluster = %id.cluster_name, "SSH service listening on {local}");
     serve_ssh_limited(listener, config, ctx, settings.limits, shutdown).await;
     beat.abort();
+    follow.abort();
     tracing::info!("SSH service stopped");
     Ok(())
 }

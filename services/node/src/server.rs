@@ -1,5 +1,6 @@
 //! The SSH side of the node: one [`Connection`] handler per client, which checks the user
-//! certificate, asks the auth service for the RBAC decision, and runs session channels.
+//! certificate, takes the RBAC decision (from the access cache, else from auth), and runs
+//! session channels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use portcullis_pki::ssh::verify_user_cert;
 use portcullis_pki::unix_now;
-use portcullis_proto::auth::AuthorizeSshRequest;
+use portcullis_proto::auth::{AuthorizeSshRequest, AuthorizeSshResponse};
 use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Pty, Sig};
@@ -21,7 +22,8 @@ use crate::heartbeat::UserCas;
 use crate::session::{self, Input, InputSender, ProcessSpec, PtyParams, env_allowed};
 use crate::users;
 
-/// How long the node waits for the auth service's decision before refusing the login.
+/// How long the node waits for the auth service's decision (asked only while the access cache
+/// is empty) before refusing the login.
 const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client input queued for a process before the connection waits for it to read.
 const INPUT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
@@ -245,7 +247,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Checks a login: the certificate against the trusted CAs, then auth's RBAC decision.
+    /// Checks a login: the certificate against the trusted CAs, then the RBAC decision.
     async fn check_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, NodeError> {
         let key_id = certificate.key_id().to_string();
         // The placeholder principal of a certificate without logins names no account.
@@ -285,25 +287,28 @@ impl Connection {
             source: "node".into(),
             remote_addr: self.remote_addr.clone(),
         };
-        let decision = match tokio::time::timeout(AUTHORIZE_TIMEOUT, self.ctx.auth.authorize_ssh(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(status)) => {
-                // Fail closed: no decision from auth means no login.
-                tracing::warn!(user = %key_id, login = %user, "cannot ask the auth service about the login: {}", status.message());
-                fail_span(&format!("authorization failed: {}", status.message()));
-                self.audit_auth_failure(&key_id, user, &format!("authorization failed: {}", status.message()));
+        // The access cache decides when it holds a snapshot, so logins work with auth down.
+        let (decision, decided_here) = match self.ctx.auth.decide_locally(&req) {
+            Some(Ok(resp)) => (resp, true),
+            Some(Err(reason)) => {
+                tracing::info!(user = %key_id, login = %user, "login refused: {reason}");
+                fail_span(&reason);
+                self.audit_auth_failure(&key_id, user, &reason);
                 return Ok(Auth::reject());
             }
-            Err(_) => {
-                tracing::warn!(user = %key_id, login = %user, "the auth service did not answer the authorization request");
-                self.audit_auth_failure(&key_id, user, "authorization failed: the auth service did not answer");
-                return Ok(Auth::reject());
-            }
+            None => match self.ask_auth(req, &key_id, user).await {
+                Some(resp) => (resp, false),
+                None => return Ok(Auth::reject()),
+            },
         };
         if !decision.allowed {
-            // The auth service has audited the refusal with its reason.
             tracing::info!(user = %key_id, login = %user, "login refused: {}", decision.reason);
             fail_span(&decision.reason);
+            if decided_here {
+                // Auth audits the refusals it decides; this one only the node saw.
+                let username = if decision.username.is_empty() { key_id.clone() } else { decision.username.clone() };
+                self.audit_refusal(&username, user, &decision.roles, &decision.reason);
+            }
             return Ok(Auth::reject());
         }
         let username = if decision.username.is_empty() { key_id } else { decision.username };
@@ -316,6 +321,43 @@ impl Connection {
         });
         self.pre_auth.authenticated();
         Ok(Auth::Accept)
+    }
+
+    /// Asks auth for the decision (the cache holds nothing). `None` (audited) when auth did
+    /// not answer: no decision means no login.
+    async fn ask_auth(&self, req: AuthorizeSshRequest, key_id: &str, user: &str) -> Option<AuthorizeSshResponse> {
+        // Said with the failure, so an operator sees why the node could not decide alone.
+        let local = self.ctx.auth.local_state().map(|s| format!(" ({s})")).unwrap_or_default();
+        let reason = match tokio::time::timeout(AUTHORIZE_TIMEOUT, self.ctx.auth.authorize_ssh(req)).await {
+            Ok(Ok(resp)) => return Some(resp),
+            Ok(Err(status)) => {
+                tracing::warn!(user = %key_id, login = %user, "cannot ask the auth service about the login{local}: {}", status.message());
+                format!("authorization failed{local}: {}", status.message())
+            }
+            Err(_) => {
+                tracing::warn!(user = %key_id, login = %user, "the auth service did not answer the authorization request{local}");
+                format!("authorization failed{local}: the auth service did not answer")
+            }
+        };
+        fail_span(&reason);
+        self.audit_auth_failure(key_id, user, &reason);
+        None
+    }
+
+    /// Audits a refusal decided from the access cache, with the fields auth's own carry.
+    fn audit_refusal(&self, username: &str, login: &str, roles: &[String], reason: &str) {
+        self.ctx.audit.emit(json!({
+            "event": "auth",
+            "success": false,
+            "user": username,
+            "login": login,
+            "node": self.ctx.nodename,
+            "node_id": self.ctx.node_id,
+            "roles": roles,
+            "remote_addr": self.remote_addr,
+            "error": reason,
+            "source": "node",
+        }));
     }
 
     fn input_sender(&self, channel: ChannelId) -> Option<InputSender> {

@@ -70,6 +70,7 @@ struct Cluster {
     host_ca: SshCa,
     addr: std::net::SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
+    _spool: tempfile::TempDir,
 }
 
 async fn start_node(auth: FakeAuth) -> Cluster {
@@ -100,11 +101,12 @@ async fn start_node(auth: FakeAuth) -> Cluster {
     );
     let config = Arc::new(portcullis_node::ssh_config(&id).unwrap());
     let backend: Arc<dyn AuthBackend> = Arc::new(auth);
+    let spool = tempfile::tempdir().unwrap();
     let ctx = Arc::new(NodeContext {
         nodename: "node-1".into(),
         node_id: "host-uuid".into(),
         auth: backend.clone(),
-        audit: Auditor::new(backend),
+        audit: Auditor::open(&spool.path().join("audit-spool"), backend).unwrap(),
         user_cas: Arc::new(RwLock::new(vec![user_ca.public_key().clone()])),
         cas_refreshed: Default::default(),
         metrics: Default::default(),
@@ -115,7 +117,7 @@ async fn start_node(auth: FakeAuth) -> Cluster {
     tokio::spawn(portcullis_node::serve_ssh(listener, config, ctx, async move {
         let _ = stopped.await;
     }));
-    Cluster { user_ca, host_ca, addr, _stop: stop }
+    Cluster { user_ca, host_ca, addr, _stop: stop, _spool: spool }
 }
 
 /// Accepts only a host certificate from the expected CA.

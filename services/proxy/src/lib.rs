@@ -11,6 +11,8 @@ pub mod state;
 pub mod tunnel;
 pub mod web;
 #[cfg(test)]
+mod access_tests;
+#[cfg(test)]
 mod run_tests;
 #[cfg(test)]
 mod testutil;
@@ -41,6 +43,8 @@ pub struct ProxyListeners {
     pub diag: Option<tokio::net::TcpListener>,
 }
 
+/// The access snapshot kept under data_dir.
+pub const ACCESS_CACHE_FILE: &str = "access-cache.json";
 /// How long stopping may wait for open connections.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -65,8 +69,11 @@ pub async fn run(
     };
 
     let id = join_or_load(&settings.common, "proxy", &host_principals(&settings, ssh_addr)).await?;
-    let auth_addr = settings.common.auth_servers.first().ok_or(ProxyError::NoAuthServer)?;
-    let channel = portcullis_rpc::connect_lazy(auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?;
+    if settings.common.auth_servers.is_empty() {
+        return Err(ProxyError::NoAuthServer);
+    }
+    // Every configured auth server: calls spread over the live ones and fail over.
+    let channel = portcullis_rpc::connect_auth_lazy(&settings.common.auth_servers, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?;
     let verifier = Arc::new(web::tls::ReloadableClientVerifier::new(&id.tls_ca_pems)?);
     let cas = state::TrustedCas {
         ssh_user: state::parse_ssh_cas(&id.ssh_user_cas),
@@ -103,7 +110,20 @@ pub async fn run(
         addrs,
         hub.clone(),
     );
-    let state = Arc::new(state.with_metrics(proxy_metrics.clone()));
+    // Routing, listings and login checks answer from this cache, so sessions keep working
+    // while no auth server answers (and after a restart, from the file).
+    let access = portcullis_access::AccessCache::start_for_cluster(
+        state.auth(),
+        settings.common.data_dir.join(ACCESS_CACHE_FILE),
+        &id.cluster_name,
+    );
+    // Audit events the proxy writes itself wait on disk while auth is unreachable.
+    let mut state = state;
+    let spool_dir = settings.common.data_dir.join(portcullis_rpc::audit_spool::SPOOL_DIR);
+    let audit = portcullis_rpc::audit_spool::AuditSpool::open(&spool_dir, state.auth()).map_err(portcullis_rpc::RpcError::from)?;
+    audit.register_metrics(&probes.metrics);
+    state.router.set_audit(audit);
+    let state = Arc::new(state.with_metrics(proxy_metrics.clone()).with_access(access));
     proxy_metrics.register(&probes.metrics, &state);
 
     let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;

@@ -1,10 +1,12 @@
 //! Where a connection for (cluster, host, port) goes: a node of this cluster over TCP, or a
-//! node of a leaf cluster through the leaf's reverse tunnel (its `LeafActor`).
+//! node of a leaf cluster through the leaf's reverse tunnel (its `LeafActor`). Nodes and leaf
+//! access are looked up in the access cache, so routing works while no auth server answers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::Addr;
+use portcullis_access::{AccessCache, AccessError, AccessSnapshot};
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{Node, ResolveNodeRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -88,9 +90,14 @@ pub enum ClusterRoute {
 pub struct Router {
     cluster_name: String,
     auth: AuthClient<Channel>,
+    /// Nodes, leaves and roles as auth last said; empty means ask auth (today's path).
+    access: AccessCache,
     hub: Arc<Hub>,
     active: Arc<AtomicUsize>,
     metrics: Arc<ProxyMetrics>,
+    /// Keeps the audit events the proxy writes itself on disk until auth acknowledges them;
+    /// none (tests without a data_dir): sent once, failures logged.
+    audit: Option<portcullis_rpc::audit_spool::AuditSpool>,
 }
 
 /// Counts one active session while alive.
@@ -105,7 +112,30 @@ impl Drop for SessionGuard {
 
 impl Router {
     pub fn new(cluster_name: String, auth: AuthClient<Channel>, hub: Arc<Hub>) -> Self {
-        Router { cluster_name, auth, hub, active: Arc::new(AtomicUsize::new(0)), metrics: Default::default() }
+        Router {
+            cluster_name,
+            auth,
+            access: AccessCache::empty(),
+            hub,
+            active: Arc::new(AtomicUsize::new(0)),
+            metrics: Default::default(),
+            audit: None,
+        }
+    }
+
+    /// Writes this proxy's audit events through `spool` from now on.
+    pub(crate) fn set_audit(&mut self, spool: portcullis_rpc::audit_spool::AuditSpool) {
+        self.audit = Some(spool);
+    }
+
+    /// Answers from `access` from now on (auth is asked only while it holds nothing).
+    pub(crate) fn set_access(&mut self, access: AccessCache) {
+        self.access = access;
+    }
+
+    /// The access cache routing answers from.
+    pub fn access(&self) -> &AccessCache {
+        &self.access
     }
 
     /// Records sessions and dial times into `metrics` from now on.
@@ -134,25 +164,40 @@ impl Router {
         if cluster.is_empty() || cluster == self.cluster_name {
             return Ok(());
         }
+        let visible = match self.access.current() {
+            Some(snap) if snap.remote_clusters.iter().any(|rc| rc.metadata.name == cluster) => {
+                cluster_visible(&snap, cluster, ssh_cert)
+            }
+            // A leaf the snapshot does not list may be brand new: auth is asked about it. With
+            // auth down, the cache's answer (no such leaf) stands.
+            Some(_) => Ok(self.ask_cluster_visible(cluster, ssh_cert).await.unwrap_or(false)),
+            None => self.ask_cluster_visible(cluster, ssh_cert).await,
+        };
+        match visible {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                // Sessions refused before any dial are failed session attempts too.
+                self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
+                Err(RouteError::ClusterNotFound(cluster.to_string()))
+            }
+            Err(reason) => {
+                self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
+                Err(RouteError::ClusterCheck { cluster: cluster.to_string(), reason })
+            }
+        }
+    }
+
+    /// Auth's answer to whether the holder of `ssh_cert` may see leaf `cluster`.
+    async fn ask_cluster_visible(&self, cluster: &str, ssh_cert: &str) -> Result<bool, String> {
         let req = portcullis_proto::auth::ListRemoteClustersRequest {
             user_ssh_cert: ssh_cert.to_string(),
             name: cluster.to_string(),
             ..Default::default()
         };
         let mut auth = self.auth.clone();
-        let visible = match auth_call(auth.list_remote_clusters(req)).await {
-            Ok(resp) => resp.clusters.iter().any(|c| c.name == cluster),
-            Err(status) => {
-                self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
-                return Err(RouteError::ClusterCheck { cluster: cluster.to_string(), reason: status.message().to_string() });
-            }
-        };
-        if visible {
-            Ok(())
-        } else {
-            // Sessions refused before any dial are failed session attempts too.
-            self.metrics.session(cluster_type(cluster, &self.cluster_name), Err(()));
-            Err(RouteError::ClusterNotFound(cluster.to_string()))
+        match auth_call(auth.list_remote_clusters(req)).await {
+            Ok(resp) => Ok(resp.clusters.iter().any(|c| c.name == cluster)),
+            Err(status) => Err(status.message().to_string()),
         }
     }
 
@@ -186,6 +231,10 @@ impl Router {
             "target": host,
             "error": e.to_string(),
         });
+        if let Some(spool) = &self.audit {
+            spool.emit(event);
+            return e;
+        }
         let mut auth = self.auth.clone();
         let req = portcullis_proto::auth::AuditEventRequest { event_json: event.to_string() };
         if let Err(status) = auth_call(auth.emit_audit_event(req)).await {
@@ -277,16 +326,43 @@ impl Router {
         Ok(Dialed { node, stream: Box::new(stream) })
     }
 
-    async fn resolve(&self, host: &str, port: u16) -> Result<Node, RouteError> {
+    /// The node `host[:port]` names in this cluster: from the access cache, else from auth.
+    pub(crate) async fn resolve(&self, host: &str, port: u16) -> Result<Node, RouteError> {
         let wanted = if port == DEFAULT_NODE_PORT { 0 } else { port };
-        match self.resolve_once(host, wanted).await {
-            // `ssh -J proxy node` asks for port 22 although nodes listen elsewhere: retry
-            // as "the node's own port" before giving up.
-            Err(RouteError::NodeNotFound { .. }) if wanted == OPENSSH_DEFAULT_PORT => {
-                self.resolve_once(host, 0).await
+        // `ssh -J proxy node` asks for port 22 although nodes listen elsewhere: "the node's
+        // own port" is tried too before giving up.
+        let ports: &[u16] = if wanted == OPENSSH_DEFAULT_PORT { &[OPENSSH_DEFAULT_PORT, 0] } else { &[wanted] };
+        let Some(snap) = self.access.current() else {
+            return self.resolve_remote(host, ports).await;
+        };
+        for &p in ports {
+            match portcullis_access::resolve_node(&snap.nodes, &snap.cluster_name, host, u32::from(p)) {
+                Ok(n) => return Ok(to_proto_node(n, &self.cluster_name)),
+                Err(AccessError::NotFound(m)) => tracing::debug!(host, port = p, "not in the access cache: {m}"),
+                Err(e) => return Err(RouteError::Resolve { host: host.to_string(), reason: e.to_string() }),
+            }
+        }
+        // A node that joined since the last snapshot: auth may know it. With auth down, the
+        // cache's answer stands.
+        match self.resolve_remote(host, ports).await {
+            Err(RouteError::Resolve { reason, .. }) => {
+                tracing::debug!(host, "cannot ask auth about a node missing from the access cache: {reason}");
+                Err(RouteError::NodeNotFound { host: host.to_string() })
             }
             r => r,
         }
+    }
+
+    /// Auth's answer, trying `ports` in turn while the node is not found.
+    async fn resolve_remote(&self, host: &str, ports: &[u16]) -> Result<Node, RouteError> {
+        let mut last = RouteError::NodeNotFound { host: host.to_string() };
+        for &p in ports {
+            match self.resolve_once(host, p).await {
+                Err(e @ RouteError::NodeNotFound { .. }) => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
     }
 
     async fn resolve_once(&self, host: &str, port: u16) -> Result<Node, RouteError> {
@@ -300,6 +376,29 @@ impl Router {
             }
             Err(s) => Err(RouteError::Resolve { host: host.to_string(), reason: status_text(&s) }),
         }
+    }
+}
+
+/// Whether the holder of `ssh_cert` (one of this cluster's user certificates) may see leaf
+/// `cluster` by its roles' `cluster_labels`; `Err` when the certificate is not accepted.
+fn cluster_visible(snap: &AccessSnapshot, cluster: &str, ssh_cert: &str) -> Result<bool, String> {
+    let checker = portcullis_access::ssh_user_checker(snap, ssh_cert).map_err(|e| e.to_string())?;
+    Ok(snap
+        .remote_clusters
+        .iter()
+        .any(|rc| rc.metadata.name == cluster && checker.can_see_cluster(&rc.metadata.labels)))
+}
+
+/// A node of the snapshot as the auth API describes it (what `ResolveNode` answers).
+pub fn to_proto_node(n: portcullis_types::Node, cluster: &str) -> Node {
+    Node {
+        id: n.metadata.name,
+        hostname: n.spec.hostname,
+        addr: n.spec.addr,
+        labels: n.metadata.labels.into_iter().collect(),
+        expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        cluster: cluster.to_string(),
+        tunnel: n.spec.use_tunnel,
     }
 }
 

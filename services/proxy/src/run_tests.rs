@@ -71,7 +71,7 @@ async fn run_serves_with_a_saved_identity_and_stops() {
     save_identity(&dir, &user_ca);
     let flags = CommonFlags {
         data_dir: Some(dir.clone()),
-        auth_server: Some("127.0.0.1:1".into()),
+        auth_server: vec!["127.0.0.1:1".into()],
         nodename: Some("proxy-1".into()),
         ..Default::default()
     };

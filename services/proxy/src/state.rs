@@ -1,6 +1,6 @@
 //! State shared by the web API, the SSH front door, the tunnel server and the heartbeat: who
-//! this proxy is, the auth client, the CAs it currently trusts, the leaf tunnels, and the
-//! addresses it serves.
+//! this proxy is, the auth client, the access cache, the CAs it currently trusts, the leaf
+//! tunnels, and the addresses it serves.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -105,6 +105,18 @@ impl ProxyState {
         self.router.set_metrics(metrics.clone());
         self.metrics = metrics;
         self
+    }
+
+    /// Answers routing, listings and login checks from `access` (auth is asked only while it
+    /// holds nothing).
+    pub fn with_access(mut self, access: portcullis_access::AccessCache) -> Self {
+        self.router.set_access(access);
+        self
+    }
+
+    /// The access snapshot, if the cache holds one (else callers ask auth, as before).
+    pub fn access_snapshot(&self) -> Option<Arc<portcullis_access::AccessSnapshot>> {
+        self.router.access().current()
     }
 
     /// A client for one call (tonic clients are cheap clones over one channel).

@@ -28,6 +28,16 @@ pub struct FakeAuth {
     pub leaf_cas: Mutex<Vec<ClusterCa>>,
     pub reports: Mutex<Vec<ReportTunnelsRequest>>,
     pub validations: Mutex<Vec<ValidateTrustedClusterRequest>>,
+    /// What WatchAccess streams: the current message at once, then each one set here.
+    pub access: tokio::sync::watch::Sender<Option<AccessSnapshotMessage>>,
+}
+
+impl FakeAuth {
+    /// Streams `snap` to every WatchAccess subscriber (now and from now on).
+    pub fn set_access(&self, snap: &portcullis_access::AccessSnapshot) {
+        let msg = AccessSnapshotMessage { snapshot_json: snap.to_json().unwrap(), revision: snap.revision };
+        self.access.send_replace(Some(msg));
+    }
 }
 
 fn cas() -> CertAuthorities {
@@ -163,6 +173,27 @@ impl Auth for Served {
         }
         Ok(Response::new(ListRemoteClustersResponse { clusters: self.remote_clusters.clone() }))
     }
+    async fn watch_access(
+        &self,
+        _: Request<WatchAccessRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<AccessSnapshotMessage>>, Status> {
+        let mut updates = self.access.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let msg = updates.borrow_and_update().clone();
+                if let Some(m) = msg
+                    && tx.send(Ok(m)).await.is_err()
+                {
+                    return;
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
     async fn list_trusted_clusters(
         &self,
         _: Request<ListTrustedClustersRequest>,
@@ -181,6 +212,40 @@ pub async fn serve_fake(fake: Arc<FakeAuth>) -> SocketAddr {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     addr
+}
+
+/// [`serve_fake`], with a task whose abort kills the fake as a dying auth process would: its
+/// listener closes and every open connection (streams included) drops. (Aborting tonic's
+/// server task alone leaves the connections it spawned running.)
+pub async fn serve_fake_stoppable(fake: Arc<FakeAuth>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let backend = serve_fake(fake).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = tokio::spawn(async move {
+        // Dropped with this task when it is aborted, which aborts every relayed connection.
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            conns.spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, relay)
+}
+
+/// An auth client over plain gRPC to `addr`.
+pub fn auth_client(addr: SocketAddr) -> portcullis_proto::auth::auth_client::AuthClient<portcullis_rpc::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    portcullis_proto::auth::auth_client::AuthClient::new(portcullis_rpc::Channel::new(channel))
+}
+
+/// [`state`] answering from `access` (the proxy's access cache).
+pub fn state_with_access(auth: Option<SocketAddr>, access: portcullis_access::AccessCache) -> Arc<ProxyState> {
+    let state = state(auth, vec![]);
+    let state = Arc::try_unwrap(state).unwrap_or_else(|_| unreachable!("a fresh state has one owner"));
+    Arc::new(state.with_access(access))
 }
 
 /// A proxy state whose auth client talks to `auth` (plain gRPC; an unused port when none).

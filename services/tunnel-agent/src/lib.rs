@@ -14,12 +14,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_access::AccessCache;
 use portcullis_config::AgentSettings;
 use portcullis_pki::Identity;
 use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{ListTrustedClustersRequest, TrustedClusterTarget};
-use portcullis_rpc::{ClientTls, connect_lazy};
+use portcullis_rpc::{ClientTls, connect_auth_lazy};
 use portcullis_rpc::Channel;
 
 pub use error::AgentError;
@@ -29,6 +30,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Time between two looks at the trusted clusters; also bounds how long a disabled
 /// cluster keeps its tunnels.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
+/// The access snapshot kept under data_dir.
+pub const ACCESS_CACHE_FILE: &str = "access-cache.json";
 /// Longest wait for an answer from the leaf auth service.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -38,8 +41,14 @@ pub struct Agent {
     pub identity: Identity,
     /// The leaf auth service.
     pub auth: AuthClient<Channel>,
+    /// The leaf's nodes, roles and trust as its auth last said: dials, listings and login
+    /// checks answer from it, so they keep working while the leaf auth is down.
+    pub access: AccessCache,
     /// Where the leaf auth service listens: the target of `@auth` dials.
     pub auth_addr: String,
+    /// Keeps `tunnel.dial` events on disk until the leaf auth acknowledges them; none when
+    /// run without a data_dir ([`run_with_identity`]): events then go straight to auth, once.
+    pub audit: Option<portcullis_rpc::audit_spool::AuditSpool>,
     /// Turns true when the agent stops; for work that outlives its tunnel (drained sessions).
     stopped: tokio::sync::watch::Receiver<bool>,
     /// Tunnels, dials and polls for the diagnostic listener.
@@ -81,9 +90,14 @@ pub async fn run_with_diag(
     let agent_metrics = Arc::new(metrics::AgentMetrics::new(probes.ready.clone()));
     agent_metrics.register(&probes.metrics);
     let id = portcullis_rpc::join::join_or_load(&settings.common, "agent", &[]).await?;
+    // `@auth` dials go to the first address; API calls spread over all and fail over.
     let auth_addr = settings.common.auth_servers.first().ok_or(AgentError::NoAuthServer)?.clone();
-    let auth = AuthClient::new(connect_lazy(&auth_addr, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
-    run_agent(id, auth, auth_addr, agent_metrics, shutdown).await
+    let auth = AuthClient::new(connect_auth_lazy(&settings.common.auth_servers, &ClientTls::from_identity(&id, AUTH_SERVER_NAME))?);
+    let access = AccessCache::start_for_cluster(auth.clone(), settings.common.data_dir.join(ACCESS_CACHE_FILE), &id.cluster_name);
+    let spool_dir = settings.common.data_dir.join(portcullis_rpc::audit_spool::SPOOL_DIR);
+    let audit = portcullis_rpc::audit_spool::AuditSpool::open(&spool_dir, auth.clone()).map_err(portcullis_rpc::RpcError::from)?;
+    audit.register_metrics(&probes.metrics);
+    run_agent(id, auth, auth_addr, access, Some(audit), agent_metrics, shutdown).await
 }
 
 /// The agent proper, for an identity already at hand (tests skip the join this way).
@@ -93,18 +107,22 @@ pub async fn run_with_identity(
     auth_addr: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    run_agent(identity, auth, auth_addr, Default::default(), shutdown).await
+    // No data_dir here: the cache follows auth in memory only.
+    let access = AccessCache::start_in_memory(auth.clone());
+    run_agent(identity, auth, auth_addr, access, None, Default::default(), shutdown).await
 }
 
 async fn run_agent(
     identity: Identity,
     auth: AuthClient<Channel>,
     auth_addr: String,
+    access: AccessCache,
+    audit: Option<portcullis_rpc::audit_spool::AuditSpool>,
     metrics: Arc<metrics::AgentMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let (stop_tx, stopped) = tokio::sync::watch::channel(false);
-    let agent = Arc::new(Agent { identity, auth, auth_addr, stopped, metrics });
+    let agent = Arc::new(Agent { identity, auth, access, auth_addr, audit, stopped, metrics });
     tracing::info!(
         agent_id = %agent.identity.name,
         cluster = %agent.cluster(),

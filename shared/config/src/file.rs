@@ -41,6 +41,30 @@ pub struct TeleportSection {
     pub ca_pin: Option<OneOrMany>,
     #[serde(default)]
     pub log: LogSection,
+    /// Auth only: where its state lives (see `crate::storage`).
+    #[serde(default)]
+    pub storage: Option<StorageSection>,
+}
+
+/// `teleport.storage` as written: `{type: sled|postgresql, conn_string: ...}`.
+#[derive(Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The PostgreSQL connection string, or the path of a file holding it. It carries a
+    /// password: this schema type is never printed; `crate::storage::ConnString` is.
+    pub conn_string: Option<String>,
+}
+
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection string holds a password: say only whether one is set.
+        f.debug_struct("StorageSection")
+            .field("kind", &self.kind)
+            .field("conn_string", &self.conn_string.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// A value given as one string or a list of strings.

@@ -14,9 +14,10 @@ pub struct CommonFlags {
     /// Join token, or a path to a file holding it.
     #[arg(long)]
     pub token: Option<String>,
-    /// Address of the auth service, host:port.
-    #[arg(long = "auth-server")]
-    pub auth_server: Option<String>,
+    /// Address of an auth server, host:port; repeat it or separate several with commas
+    /// (any of them answers; clients fail over between them). Replaces the file's list.
+    #[arg(long = "auth-server", value_delimiter = ',')]
+    pub auth_server: Vec<String>,
     /// Where the service keeps its state.
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod logins;
 pub mod sample;
 pub mod settings;
+pub mod storage;
 
 pub use file::FileConfig;
 pub use flags::CommonFlags;
@@ -17,6 +18,7 @@ pub use settings::{
     AgentSettings, AuthSettings, Common, LogSettings, NodeSettings, ProxySettings, StaticToken,
     TracingSettings,
 };
+pub use storage::{ConnString, StorageSettings};
 
 /// Default ports, as SPEC §1 fixes them.
 pub mod ports {

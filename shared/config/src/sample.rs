@@ -12,6 +12,16 @@ const JOIN: &str = r#"  auth_server: auth.example.com:3025
   # ca_pin: "sha256:..."          # pin of the cluster CA for the first join (tctl status prints it)
 "#;
 
+const STORAGE: &str = r#"  # Where auth keeps its state. Default: an embedded sled database under data_dir (one auth
+  # process per data_dir). With postgresql, any number of auth processes of one cluster share
+  # the database and each serves every call; every one of them must use the same
+  # auth_service.ca_key_encryption_key_file (a copy of one key), or it refuses to start.
+  # conn_string may also be the path of a file holding it (a mounted secret).
+  # storage:
+  #   type: postgresql
+  #   conn_string: "postgresql://portcullis:PASSWORD@db.example.com:5432/portcullis?sslmode=verify-full"
+"#;
+
 const LOG: &str = r#"  log: {output: stderr, severity: INFO, format: text}
 tracing_service: {enabled: false, exporter_url: "grpc://jaeger:4317", sampling_rate_per_million: 1000000}
 "#;
@@ -23,7 +33,8 @@ const AUTH: &str = r#"auth_service:
   tokens: ["trusted_cluster:join-token", "node,proxy:other-token"]
   # Seals the CA private keys in the database (AES-256-GCM). Created on first start with 32
   # random bytes, mode 0600; keep it outside database backups and back it up separately:
-  # without it the CAs cannot be used. Default: <data_dir>/ca-kek.
+  # without it the CAs cannot be used. Default: <data_dir>/ca-kek. Several auth replicas on
+  # one database (teleport.storage) must all point to the same key: copy the first one's file.
   # ca_key_encryption_key_file: /etc/portcullis/ca-kek
   # Every listener: handshake and pre-authentication timeouts, connection caps, keep-alives.
   connection_limits:
@@ -79,7 +90,7 @@ const AGENT: &str = "# The tunnel agent joins its (leaf) cluster with a proxy to
 /// A sample for `which` = auth, proxy, node or agent.
 pub fn sample(which: &str) -> String {
     let (join, body) = match which {
-        "auth" => ("", AUTH),
+        "auth" => (STORAGE, AUTH),
         "proxy" => (JOIN, PROXY),
         "node" => (JOIN, NODE),
         _ => (JOIN, AGENT),
@@ -95,5 +106,16 @@ mod tests {
             let text = super::sample(w);
             crate::FileConfig::from_yaml(&text).unwrap_or_else(|e| panic!("{w}: {e}\n{text}"));
         }
+    }
+
+    #[test]
+    fn the_auth_sample_shows_postgresql_storage_and_it_parses_uncommented() {
+        let text = super::sample("auth");
+        assert!(text.contains("# storage:") && text.contains("#   type: postgresql"), "{text}");
+        assert!(!super::sample("node").contains("storage:"), "storage is for auth only");
+        let uncommented = text.replace("  # storage:", "  storage:").replace("  #   ", "    ");
+        let file = crate::FileConfig::from_yaml(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let a = crate::AuthSettings::from_parts(&file, &crate::CommonFlags::default()).unwrap();
+        assert_eq!(a.storage.describe(), "the PostgreSQL database at db.example.com:5432");
     }
 }

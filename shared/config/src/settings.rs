@@ -68,6 +68,8 @@ pub struct AuthSettings {
     pub limits: crate::ConnectionLimits,
     /// `auth_service.lockout`, `password_hashing` and `join_rate_limit`.
     pub logins: crate::LoginLimits,
+    /// `teleport.storage`: sled under data_dir, or a shared PostgreSQL database.
+    pub storage: crate::StorageSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,39 @@ pub fn with_default_port(addr: &str, port: u16) -> String {
     if has_port { a.to_string() } else { format!("{a}:{port}") }
 }
 
+/// The auth servers to use: `--auth-server` (repeated or comma-separated) replaces the
+/// file's `teleport.auth_server` and `auth_servers`; each gets the default port when it has
+/// none, and a repeated address counts once.
+fn auth_server_list(one: Option<&str>, many: &[String], flags: &[String]) -> Result<Vec<String>, ConfigError> {
+    let (key, given): (&str, Vec<&str>) = if flags.is_empty() {
+        ("teleport.auth_servers", one.into_iter().chain(many.iter().map(String::as_str)).collect())
+    } else {
+        ("--auth-server", flags.iter().map(String::as_str).collect())
+    };
+    let mut out: Vec<String> = Vec::new();
+    for a in given {
+        let a = a.trim();
+        if a.is_empty() {
+            return Err(ConfigError::invalid(key, "an empty address (expected host:port)"));
+        }
+        if a.contains(char::is_whitespace) || a.contains('/') {
+            return Err(ConfigError::invalid(key, format!("{a:?} is not a host:port address")));
+        }
+        let full = with_default_port(a, ports::AUTH);
+        let valid = match full.rsplit_once(':') {
+            Some((host, _)) => !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))),
+            None => false,
+        };
+        if !valid {
+            return Err(ConfigError::invalid(key, format!("{a:?} is not a host:port address")));
+        }
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    Ok(out)
+}
+
 /// A token value, or the contents of the file it names.
 fn read_token(v: &str) -> Result<Secret<String>, ConfigError> {
     let p = std::path::Path::new(v);
@@ -177,14 +212,7 @@ fn common(file: &FileConfig, flags: &CommonFlags, default_dir: &str) -> Result<C
         Some(LogFormat::Name(n)) | Some(LogFormat::Detailed { output: n }) => n == "json",
         None => false,
     };
-    let mut auth_servers = t.auth_servers.clone();
-    if let Some(a) = &t.auth_server {
-        auth_servers.insert(0, a.clone());
-    }
-    if let Some(a) = &flags.auth_server {
-        auth_servers = vec![a.clone()];
-    }
-    let auth_servers = auth_servers.iter().map(|a| with_default_port(a, ports::AUTH)).collect();
+    let auth_servers = auth_server_list(t.auth_server.as_deref(), &t.auth_servers, &flags.auth_server)?;
     let token = match flags.token.as_deref().or(t.auth_token.as_deref()) {
         Some(v) => Some(read_token(v)?),
         None => None,
@@ -285,7 +313,9 @@ impl AuthSettings {
             Some(p) => PathBuf::from(p),
             None => common.data_dir.join("ca-kek"),
         };
+        let storage = crate::StorageSettings::from_section(file.teleport.storage.as_ref(), &common.data_dir)?;
         Ok(AuthSettings {
+            storage,
             common,
             cluster_name,
             listen_addr,
@@ -437,7 +467,7 @@ ssh_service:
         let f = FileConfig::from_yaml(FULL).unwrap();
         let flags = CommonFlags {
             nodename: Some("other".into()),
-            auth_server: Some("127.0.0.1:9999".into()),
+            auth_server: vec!["127.0.0.1:9999".into()],
             labels: Some("a=b,env=prod".into()),
             ..Default::default()
         };

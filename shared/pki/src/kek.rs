@@ -104,13 +104,24 @@ impl Kek {
             crate::datadir::create_private_dir(dir).map_err(ioe("cannot create its directory"))?;
         }
         let key = crate::random_bytes::<KEY_LEN>().map_err(|_| KekError::Random)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(crate::datadir::FILE_MODE)
-            .open(path)
-            .map_err(ioe("cannot create it"))?;
-        f.write_all(&key).and_then(|_| f.sync_all()).map_err(ioe("cannot write it"))?;
+        // Written whole under a private temporary name, then hard-linked into place: several
+        // auth replicas may share one key file, and none may ever read it half-written. The
+        // link fails with AlreadyExists if another process got there first.
+        let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        tmp_name.push(format!(".tmp-{}-{}", std::process::id(), crate::random_hex::<8>().unwrap_or_default()));
+        let tmp = path.with_file_name(tmp_name);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::datadir::FILE_MODE)
+                .open(&tmp)
+                .map_err(ioe("cannot create it"))?;
+            f.write_all(&key).and_then(|_| f.sync_all()).map_err(ioe("cannot write it"))?;
+            std::fs::hard_link(&tmp, path).map_err(ioe("cannot create it"))
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written?;
         Ok(Kek { key: Secret::new(key), path: path.to_path_buf() })
     }
 

@@ -187,3 +187,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// A channel to whichever of the auth servers `addrs` answers (each `host:port`; a name
+/// with several addresses counts as several servers), failing over between them; connects
+/// on first use. For long-lived services.
+pub fn connect_auth_lazy(addrs: &[String], tls: &ClientTls) -> Result<TracedChannel, RpcError> {
+    Ok(TracedChannel::failover(crate::failover::Failover::new(addrs, tls)?))
+}
+
+/// [`connect_auth_lazy`], but first reaches one of the servers, so a one-shot client says
+/// at once that auth is unreachable, with every address tried and why.
+pub async fn connect_auth(addrs: &[String], tls: &ClientTls) -> Result<TracedChannel, RpcError> {
+    let f = crate::failover::Failover::new(addrs, tls)?;
+    f.check().await?;
+    Ok(TracedChannel::failover(f))
+}

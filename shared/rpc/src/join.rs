@@ -16,7 +16,7 @@ use crate::{ClientTls, RpcError, Trust, connect};
 pub enum JoinError {
     #[error("no identity in {dir} and no join token given (set teleport.auth_token or --token)")]
     NoToken { dir: String },
-    #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
+    #[error("no auth server configured (set teleport.auth_servers or --auth-server)")]
     NoAuthServer,
     #[error("joining the cluster at {addr} was refused: {reason}")]
     Refused { addr: String, reason: String },
@@ -51,7 +51,10 @@ pub async fn join_or_load(common: &Common, role: &str, principals: &[String]) ->
         .token
         .clone()
         .ok_or_else(|| JoinError::NoToken { dir: common.data_dir.display().to_string() })?;
-    let addr = common.auth_servers.first().ok_or(JoinError::NoAuthServer)?.clone();
+    if common.auth_servers.is_empty() {
+        return Err(JoinError::NoAuthServer);
+    }
+    let addr = common.auth_servers.join(",");
     let trust = if !common.ca_pins.is_empty() {
         Trust::Pins(common.ca_pins.clone())
     } else {
@@ -60,13 +63,13 @@ pub async fn join_or_load(common: &Common, role: &str, principals: &[String]) ->
         }
         Trust::Insecure
     };
-    let id = join(&addr, trust, token, role, &common.nodename, principals).await?;
+    let id = join_any(&common.auth_servers, trust, token, role, &common.nodename, principals).await?;
     id.save(&path)?;
     tracing::info!(host_id = %id.name, cluster = %id.cluster_name, "joined the cluster; identity kept in {}", path.display());
     Ok(id)
 }
 
-/// Performs the join call itself.
+/// Performs the join call itself, against the auth server at `addr`.
 pub async fn join(
     addr: &str,
     trust: Trust,
@@ -75,11 +78,37 @@ pub async fn join(
     nodename: &str,
     principals: &[String],
 ) -> Result<Identity, JoinError> {
+    let tls = ClientTls { trust, identity: None, server_name: AUTH_SERVER_NAME.to_string() };
+    let channel = connect(addr, &tls).await?;
+    join_with(channel, addr, token, role, nodename, principals).await
+}
+
+/// Joins through whichever of `addrs` answers: each server (and each address of a name) is
+/// tried in turn until one answers; when none does, the error lists every address and why.
+pub async fn join_any(
+    addrs: &[String],
+    trust: Trust,
+    token: Secret<String>,
+    role: &str,
+    nodename: &str,
+    principals: &[String],
+) -> Result<Identity, JoinError> {
+    let tls = ClientTls { trust, identity: None, server_name: AUTH_SERVER_NAME.to_string() };
+    let channel = crate::connect_auth_lazy(addrs, &tls)?;
+    join_with(channel, &addrs.join(","), token, role, nodename, principals).await
+}
+
+async fn join_with(
+    channel: crate::Channel,
+    addr: &str,
+    token: Secret<String>,
+    role: &str,
+    nodename: &str,
+    principals: &[String],
+) -> Result<Identity, JoinError> {
     let tls_key = x509::generate_key()?;
     let ssh_key = ssh::generate_key()?;
     let host_id = uuid_v4()?;
-    let tls = ClientTls { trust, identity: None, server_name: AUTH_SERVER_NAME.to_string() };
-    let channel = connect(addr, &tls).await?;
     let mut client = AuthClient::new(channel);
     let resp = client
         .join(JoinRequest {
@@ -92,7 +121,13 @@ pub async fn join(
             additional_principals: principals.to_vec(),
         })
         .await
-        .map_err(|s| JoinError::Refused { addr: addr.to_string(), reason: s.message().to_string() })?
+        .map_err(|s| match s.code() {
+            // Every server failed: the message already names each address and why.
+            tonic::Code::Unavailable if s.message().starts_with(crate::failover::UNREACHABLE) => {
+                JoinError::Rpc(RpcError::Unreachable(s.message().to_string()))
+            }
+            _ => JoinError::Refused { addr: addr.to_string(), reason: s.message().to_string() },
+        })?
         .into_inner();
     let cas = resp.cas.unwrap_or_default();
     let mut id = Identity::new(

@@ -2,7 +2,9 @@
 //! identity, and logging set-up.
 #![forbid(unsafe_code)]
 
+pub mod audit_spool;
 pub mod client;
+pub mod failover;
 pub mod join;
 pub mod peer;
 pub mod rate_limit;
@@ -12,7 +14,7 @@ pub mod telemetry;
 mod traced;
 pub mod verify;
 
-pub use client::{ClientTls, Trust, connect, connect_lazy};
+pub use client::{ClientTls, Trust, connect, connect_auth, connect_auth_lazy, connect_lazy};
 
 /// A TCP stream with a read buffer under TLS. rustls reads the socket 4 KiB at a time; with
 /// reads of a whole TLS record (16 KiB and a little framing) underneath, bulk streams
@@ -40,12 +42,17 @@ pub use traced::TracedChannel as Channel;
 pub enum RpcError {
     #[error("cannot reach {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// Every auth server failed; the message lists each address tried and why.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("TLS set-up: {0}")]
     Tls(String),
     #[error(transparent)]
     Pki(#[from] portcullis_pki::PkiError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    AuditSpool(#[from] audit_spool::SpoolError),
 }
 
 /// The rustls crypto provider used everywhere (ring, per DEPENDENCIES.md).

@@ -6,13 +6,27 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::transport::Channel;
 
-/// [`Channel`] plus trace-context injection; use it wherever a `Channel` would go.
+use crate::failover::{CallFuture, Failover};
+
+/// [`Channel`] plus trace-context injection; use it wherever a `Channel` would go. It talks
+/// either to one address (tonic's channel) or to any of several auth servers ([`Failover`]).
 #[derive(Clone, Debug)]
-pub struct TracedChannel(Channel);
+pub struct TracedChannel(Inner);
+
+#[derive(Clone, Debug)]
+enum Inner {
+    One(Channel),
+    Many(Failover),
+}
 
 impl TracedChannel {
     pub fn new(channel: Channel) -> Self {
-        TracedChannel(channel)
+        TracedChannel(Inner::One(channel))
+    }
+
+    /// A channel over several auth servers that fails over between them.
+    pub fn failover(f: Failover) -> Self {
+        TracedChannel(Inner::Many(f))
     }
 }
 
@@ -28,17 +42,28 @@ impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
 
 impl tower::Service<http::Request<Body>> for TracedChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = <Channel as tower::Service<http::Request<Body>>>::Future;
+    /// A `tonic::Status` when every auth server failed (tonic hands it to the caller as is).
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.0, cx)
+        match &mut self.0 {
+            Inner::One(c) => tower::Service::poll_ready(c, cx).map_err(Into::into),
+            // Each call picks its server itself.
+            Inner::Many(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let cx = tracing::Span::current().context();
         opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(req.headers_mut())));
-        tower::Service::call(&mut self.0, req)
+        match &mut self.0 {
+            Inner::One(c) => {
+                let fut = tower::Service::call(c, req);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Inner::Many(f) => f.call(req),
+        }
     }
 }

@@ -6,6 +6,10 @@ pub mod otlp;
 
 mod diag;
 pub use diag::*;
+mod postgres;
+pub use postgres::*;
+mod ha;
+pub use ha::*;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -94,6 +98,16 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Proc { name: name.to_string(), child: Some(child), log }
+    }
+
+    /// A Proc with no process (killing it does nothing), replaced before use.
+    pub(crate) fn placeholder(name: &str) -> Proc {
+        Proc { name: name.to_string(), child: None, log: PathBuf::new() }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -254,6 +268,13 @@ pub struct Cluster {
     pub agent: Option<Proc>,
     static_tokens: Vec<String>,
     auth_args: Vec<String>,
+    /// Further auth processes of this cluster (replicas 1.., `auth` is replica 0), sharing
+    /// `storage`; proxies, nodes and agents started afterwards are given every address.
+    pub replicas: Vec<AuthReplica>,
+    /// YAML lines added under `teleport:` of every auth config (e.g. `storage:`).
+    auth_teleport_extra: String,
+    /// YAML lines added under `auth_service:` of every auth config (e.g. the shared KEK file).
+    auth_service_extra: String,
 }
 
 impl Cluster {
@@ -269,43 +290,66 @@ impl Cluster {
 
     /// Starts an auth service for cluster `name` with its files in `dir`.
     pub fn start_auth_in(dir: &Path, name: &str, static_tokens: &[&str], args: &[&str]) -> Cluster {
+        Self::start_auth_full(dir, name, static_tokens, args, String::new(), String::new())
+    }
+
+    /// Starts replica 0 of cluster `name` with extra YAML under `teleport:` and `auth_service:`.
+    pub(crate) fn start_auth_full(
+        dir: &Path,
+        name: &str,
+        static_tokens: &[&str],
+        args: &[&str],
+        auth_teleport_extra: String,
+        auth_service_extra: String,
+    ) -> Cluster {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let ports = Ports::pick();
-        let static_tokens: Vec<String> = static_tokens.iter().map(|s| s.to_string()).collect();
-        let auth_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let auth = Self::spawn_auth(&dir, name, ports, &static_tokens, &auth_args);
-        Cluster {
+        let mut c = Cluster {
             name: name.to_string(),
             dir,
             ports,
-            auth,
+            auth: Proc::placeholder("auth"),
             proxy: None,
             nodes: BTreeMap::new(),
             agent: None,
-            static_tokens,
-            auth_args,
-        }
+            static_tokens: static_tokens.iter().map(|s| s.to_string()).collect(),
+            auth_args: args.iter().map(|s| s.to_string()).collect(),
+            replicas: Vec::new(),
+            auth_teleport_extra,
+            auth_service_extra,
+        };
+        c.auth = c.spawn_auth_as("auth", ports.auth);
+        c
     }
 
-    fn spawn_auth(dir: &Path, name: &str, ports: Ports, static_tokens: &[String], args: &[String]) -> Proc {
-        let tokens: Vec<String> = static_tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    /// Writes `<base>.yaml` (data in `<base>/`, log `<base>.log`) for an auth process of this
+    /// cluster listening on `port`, starts it, and waits until it answers.
+    pub(crate) fn spawn_auth_as(&self, base: &str, port: u16) -> Proc {
+        let dir = &self.dir;
+        let name = &self.name;
+        let tokens: Vec<String> = self.static_tokens.iter().map(|t| format!("\"{t}\"")).collect();
         let cfg = format!(
-            "version: v3\nteleport:\n  nodename: {name}-auth\n  data_dir: {data}\n  log: {{severity: DEBUG}}\nauth_service:\n  cluster_name: {name}\n  listen_addr: 127.0.0.1:{port}\n  tokens: [{tokens}]\n  tunnel_offline_after: 6s\n",
-            data = dir.join("auth").display(),
-            port = ports.auth,
-            tokens = tokens.join(", ")
+            "version: v3\nteleport:\n  nodename: {name}-{base}\n  data_dir: {data}\n  log: {{severity: DEBUG}}\n{textra}auth_service:\n  cluster_name: {name}\n  listen_addr: 127.0.0.1:{port}\n  tokens: [{tokens}]\n  tunnel_offline_after: 6s\n{aextra}",
+            data = dir.join(base).display(),
+            tokens = tokens.join(", "),
+            textra = self.auth_teleport_extra,
+            aextra = self.auth_service_extra,
         );
-        let path = dir.join("auth.yaml");
+        let path = dir.join(format!("{base}.yaml"));
         std::fs::write(&path, cfg).expect("auth config");
-        let p = Proc::spawn(
-            "auth",
-            Command::new(bin("portcullis-auth")).arg("start").arg("-c").arg(&path).args(args),
-            dir.join("auth.log"),
+        let _ = std::fs::remove_file(dir.join(base).join("admin-identity.json"));
+        let mut p = Proc::spawn(
+            base,
+            Command::new(bin("portcullis-auth")).arg("start").arg("-c").arg(&path).args(&self.auth_args),
+            dir.join(format!("{base}.log")),
         );
-        wait_port(ports.auth);
-        wait_for("admin identity", Duration::from_secs(30), || {
-            dir.join("auth/admin-identity.json").exists().then_some(())
+        let ready = dir.join(base).join("admin-identity.json");
+        wait_for(&format!("{base} of {name} on port {port}"), Duration::from_secs(30), || {
+            if !p.is_running() {
+                panic!("{base} of {name} exited:\n{}", p.log_text());
+            }
+            (std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && ready.exists()).then_some(())
         });
         p
     }
@@ -313,8 +357,7 @@ impl Cluster {
     /// Stops and starts the auth service with the same configuration and data.
     pub fn restart_auth(&mut self) {
         self.auth.stop();
-        let _ = std::fs::remove_file(self.dir.join("auth/admin-identity.json"));
-        self.auth = Self::spawn_auth(&self.dir, &self.name, self.ports, &self.static_tokens, &self.auth_args);
+        self.auth = self.spawn_auth_as("auth", self.ports.auth);
     }
 
     pub fn auth_config(&self) -> PathBuf {
@@ -345,13 +388,19 @@ impl Cluster {
 
     /// Like [`Cluster::start_proxy`], with extra `start` flags (e.g. `--diag-addr=..`).
     pub fn start_proxy_with(&mut self, args: &[&str]) {
+        self.start_proxy_extra(args, "")
+    }
+
+    /// Like [`Cluster::start_proxy_with`], with lines added under `proxy_service:` (e.g.
+    /// `  rate_limit: {burst: 0}\n` for load from one address).
+    pub fn start_proxy_extra(&mut self, args: &[&str], proxy_extra: &str) {
         let token = self.token("proxy");
         let d = &self.dir;
         let cfg = format!(
-            "version: v3\nteleport:\n  nodename: {name}-proxy\n  data_dir: {data}\n  auth_server: 127.0.0.1:{auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n",
+            "version: v3\nteleport:\n  nodename: {name}-proxy\n  data_dir: {data}\n  {auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n{proxy_extra}",
             name = self.name,
             data = d.join("proxy").display(),
-            auth = self.ports.auth,
+            auth = self.auth_servers_yaml(),
             web = self.ports.web,
             ssh = self.ports.ssh,
             tunnel = self.ports.tunnel,
@@ -399,7 +448,7 @@ impl Cluster {
             Command::new(bin("portcullis-node"))
                 .args(["start", "--debug", "--insecure"])
                 .arg(format!("--token={token}"))
-                .arg(format!("--auth-server=127.0.0.1:{}", self.ports.auth))
+                .args(self.auth_server_flag())
                 .arg("--data-dir")
                 .arg(self.dir.join(name))
                 .arg(format!("--nodename={name}"))
@@ -416,7 +465,13 @@ impl Cluster {
 
     fn node_config(&self, name: &str, port: u16) -> PathBuf {
         let path = self.dir.join(format!("{name}.yaml"));
-        let cfg = format!("version: v3\nssh_service:\n  listen_addr: 127.0.0.1:{port}\n");
+        // With several auth servers the list goes in the file (the flag takes one address).
+        let teleport = if self.replicas.is_empty() {
+            String::new()
+        } else {
+            format!("teleport:\n  {}\n", self.auth_servers_yaml())
+        };
+        let cfg = format!("version: v3\n{teleport}ssh_service:\n  listen_addr: 127.0.0.1:{port}\n");
         std::fs::write(&path, cfg).expect("node config");
         path
     }
@@ -434,7 +489,8 @@ impl Cluster {
             Command::new(bin("portcullis-tunnel-agent"))
                 .args(["start", "--debug", "--insecure"])
                 .arg(format!("--token={token}"))
-                .arg(format!("--auth-server=127.0.0.1:{}", self.ports.auth))
+                .args(self.auth_server_flag())
+                .args(self.agent_config())
                 .arg("--data-dir")
                 .arg(self.dir.join("agent"))
                 .arg(format!("--nodename={}-agent", self.name))
@@ -474,9 +530,13 @@ impl Cluster {
         format!("127.0.0.1:{}", self.ports.web)
     }
 
-    /// Audit events of this cluster's auth service.
+    /// Audit events of this cluster's auth service (every replica's log, replica 0 first).
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join("auth/log/events.log")).unwrap_or_default();
+        let mut text = std::fs::read_to_string(self.dir.join("auth/log/events.log")).unwrap_or_default();
+        for r in &self.replicas {
+            text.push('\n');
+            text.push_str(&std::fs::read_to_string(self.dir.join(&r.base).join("log/events.log")).unwrap_or_default());
+        }
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
@@ -612,9 +672,9 @@ impl Cluster {
         let token = self.token("proxy");
         let ports = Ports::pick();
         let cfg = format!(
-            "version: v3\nteleport:\n  nodename: {name}\n  data_dir: {data}\n  auth_server: 127.0.0.1:{auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n  tunnel_public_addr: {tunnel_public}\n  shutdown_drain_timeout: 2s\n",
+            "version: v3\nteleport:\n  nodename: {name}\n  data_dir: {data}\n  {auth}\n  auth_token: {token}\n  log: {{severity: DEBUG}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n  tunnel_public_addr: {tunnel_public}\n  shutdown_drain_timeout: 2s\n",
             data = self.dir.join(name).display(),
-            auth = self.ports.auth,
+            auth = self.auth_servers_yaml(),
             web = ports.web,
             ssh = ports.ssh,
             tunnel = ports.tunnel,

@@ -1,8 +1,12 @@
-//! Issue 6, end to end: the docker-compose two-cluster lab. Builds the image offline, starts
-//! the lab under a project name of its own, reaches both leaf nodes with `tsh ssh` from the
-//! client container, shows that no root container can connect to any leaf address, stops a
-//! root proxy and shows new sessions still work (and again the other way round once it is
-//! back), and tears everything down.
+//! Issues 6 and 12, end to end: the docker-compose two-cluster lab. Builds the images offline
+//! (Portcullis and the lab's PostgreSQL), starts the lab under a project name of its own,
+//! reaches the root node and both leaf nodes with `tsh ssh` from the client container, shows
+//! that no root container can connect to any leaf address, stops a root proxy and shows new
+//! sessions still work (and again the other way round once it is back). Then the root control
+//! plane's high availability: kill -9 of one root auth replica while sessions run and of one
+//! root proxy; every session to root and leaf nodes succeeds, a login and a tctl write go
+//! through the other replica, and what was written through one replica is read through the
+//! other once they swap. Tears everything down.
 //!
 //! Runs whenever a Docker engine answers `docker info`; with `CI=true` it is required (it
 //! fails instead of skipping when Docker or Compose is missing).
@@ -17,7 +21,8 @@ use portcullis_e2e::bin_dir;
 
 const LEAF: &str = "leaf.lab.portcullis.local";
 const PASSWORD: &str = "compose-e2e-password";
-const ROOT_SERVICES: [&str; 4] = ["root-auth", "root-proxy-1", "root-proxy-2", "client"];
+const ROOT_SERVICES: [&str; 7] =
+    ["postgres", "root-auth-a", "root-auth-b", "root-proxy-1", "root-proxy-2", "root-node-1", "client"];
 const LEAF_SERVICES: [&str; 5] = ["leaf-auth", "leaf-proxy", "tunnel-agent", "leaf-node-1", "leaf-node-2"];
 /// Every port a Portcullis service listens on in the lab (diag, node, proxy SSH, tunnel,
 /// auth, web); the ports the leaf containers really listen on are added to these.
@@ -223,6 +228,45 @@ fn ssh_hostname(lab: &Lab, node: &str) -> Out {
     lab.client(&format!("tsh ssh --cluster={LEAF} visitor@{node} hostname"))
 }
 
+/// A session to a root cluster node (the client's default cluster).
+fn ssh_root_hostname(lab: &Lab, node: &str) -> Out {
+    lab.client(&format!("tsh ssh visitor@{node} hostname"))
+}
+
+/// `docker-compose kill` (SIGKILL) of `service`; a killed container stays down (the restart
+/// policy leaves containers that were stopped by hand alone).
+fn kill(lab: &Lab, service: &str) {
+    lab.compose(&["kill", service], Duration::from_secs(60)).ok(&format!("compose kill {service}"));
+    let state = lab.inspect(service, "{{.State.Status}}");
+    assert!(state.starts_with("exited"), "{service} still runs after kill: {state}");
+}
+
+/// Starts `service` again and waits until its health check passes.
+fn start_healthy(lab: &Lab, service: &str, timeout: Duration) {
+    lab.compose(&["start", service], Duration::from_secs(60)).ok(&format!("compose start {service}"));
+    let id = lab.container(service);
+    portcullis_e2e::wait_for(&format!("{service} to be healthy again"), timeout, || {
+        std::thread::sleep(Duration::from_millis(400));
+        let s = docker(&["inspect", "-f", "{{.State.Health.Status}}", &id]).stdout;
+        (s.trim() == "healthy").then_some(())
+    });
+}
+
+/// One session to each node, root and leaf, `rounds` times; every one must succeed and land
+/// on the node it names.
+fn sessions_everywhere(lab: &Lab, rounds: usize, when: &str) {
+    for round in 0..rounds {
+        let out = ssh_root_hostname(lab, "root-node-1");
+        assert_eq!(out.code, 0, "round {round}: session to root-node-1 {when}: {out:?}");
+        assert_eq!(out.stdout.trim(), "root-node-1");
+        for node in ["leaf-node-1", "leaf-node-2"] {
+            let out = ssh_hostname(lab, node);
+            assert_eq!(out.code, 0, "round {round}: session to {node} {when}: {out:?}");
+            assert_eq!(out.stdout.trim(), node);
+        }
+    }
+}
+
 #[test]
 fn compose_lab_end_to_end() {
     let required = std::env::var("CI").is_ok_and(|v| v == "true");
@@ -244,7 +288,8 @@ fn compose_lab_end_to_end() {
     let bins = bin_dir();
     run(
         Command::new("bash").arg(root.join("scripts/docker-build.sh")).arg("--bin-dir").arg(&bins).current_dir(&root),
-        Duration::from_secs(420),
+        // On a fresh machine: debootstrap of the base, then apt for the PostgreSQL image.
+        Duration::from_secs(900),
     )
     .ok("scripts/docker-build.sh");
     phase("image built", t);
@@ -281,7 +326,9 @@ fn compose_lab_end_to_end() {
         let out = ssh_hostname(&lab, node).ok(&format!("tsh ssh to {node}"));
         assert_eq!(out.stdout.trim(), expected, "tsh ssh --cluster={LEAF} visitor@{node} hostname");
     }
-    phase("tsh ssh to both leaf nodes", t);
+    let out = ssh_root_hostname(&lab, "root-node-1").ok("tsh ssh to root-node-1");
+    assert_eq!(out.stdout.trim(), "root-node-1", "tsh ssh visitor@root-node-1 hostname");
+    phase("tsh ssh to the root node and both leaf nodes", t);
 
     // No root container can open a connection to any address of any leaf container.
     let t = Instant::now();
@@ -306,8 +353,12 @@ fn compose_lab_end_to_end() {
         assert!(open.is_empty(), "{s} (root side) can connect to leaf addresses: {open:?}");
     }
     // The probe does see open ports: root containers reach the root, and the leaf dials out.
-    let open = lab.probe("client", &["root-proxy:3080".into(), "root-auth:3025".into()]);
-    assert_eq!(open.len(), 2, "the client cannot reach the root proxies and auth: {open:?}");
+    let open =
+        lab.probe("client", &["root-proxy:3080".into(), "root-auth-a:3025".into(), "root-auth-b:3025".into()]);
+    assert_eq!(open.len(), 3, "the client cannot reach the root proxies and both auth replicas: {open:?}");
+    // The database is on the root network alone: the leaf's containers cannot reach it.
+    let open = lab.probe("tunnel-agent", &["postgres:5432".into()]);
+    assert!(open.is_empty(), "the leaf's tunnel agent reaches the root's database: {open:?}");
     let open = lab.probe("tunnel-agent", &["root-proxy:3024".into()]);
     assert_eq!(open.len(), 1, "the tunnel agent cannot reach the root proxies' tunnel port");
     eprintln!(
@@ -350,6 +401,10 @@ fn compose_lab_end_to_end() {
         assert_eq!(out.code, 0, "session to {node} with only the restarted root-proxy-1: {out:?}");
         assert_eq!(out.stdout.trim(), node);
     }
+    start_healthy(&lab, "root-proxy-2", Duration::from_secs(90));
+    wait_tunnel(&lab, "root-proxy-2", Duration::from_secs(30));
+
+    high_availability(&lab);
 
     // Everything goes: containers, networks, volumes.
     let t = Instant::now();
@@ -369,4 +424,57 @@ fn compose_lab_end_to_end() {
     }
     phase("torn down", t);
     phase("total", total);
+}
+
+/// The root control plane loses one auth replica and one proxy (kill -9) while users work.
+fn high_availability(lab: &Lab) {
+    let t = Instant::now();
+    // Sessions already running when root-auth-a dies finish normally.
+    std::thread::scope(|scope| {
+        let long = |target: String| {
+            scope.spawn(move || lab.client(&format!("tsh ssh {target} 'sleep 6; echo still-here'")))
+        };
+        let running = [long("visitor@root-node-1".into()), long(format!("--cluster={LEAF} visitor@leaf-node-1"))];
+        std::thread::sleep(Duration::from_secs(3));
+        kill(lab, "root-auth-a");
+        for (i, h) in running.into_iter().enumerate() {
+            let out = h.join().expect("session thread");
+            assert_eq!(out.code, 0, "session {i}, running while root-auth-a was killed: {out:?}");
+            assert!(out.stdout.contains("still-here"), "session {i} was cut: {out:?}");
+        }
+    });
+    // And one root proxy too: new sessions go through the others.
+    kill(lab, "root-proxy-1");
+    sessions_everywhere(lab, 3, "with root-auth-a and root-proxy-1 killed");
+    phase("sessions with root-auth-a and root-proxy-1 killed", t);
+
+    // What needs auth goes to root-auth-b: a fresh login, and a write with tctl (the client's
+    // tctl lists both replicas).
+    let t = Instant::now();
+    let fresh = lab
+        .client(&format!(
+            "export TSH_HOME=/tmp/after-auth-kill; echo {PASSWORD} | tsh login --insecure >/dev/null && tsh ssh visitor@root-node-1 hostname"
+        ))
+        .ok("login and session with root-auth-a killed");
+    assert_eq!(fresh.stdout.trim(), "root-node-1");
+    lab.client("tctl users add ha-probe --roles=access --logins=visitor").ok("tctl users add with root-auth-a killed");
+    phase("login and tctl write through root-auth-b", t);
+
+    // root-auth-a comes back; root-auth-b goes: the user written through b is read through a,
+    // and sessions keep working on a alone.
+    let t = Instant::now();
+    start_healthy(lab, "root-auth-a", Duration::from_secs(120));
+    start_healthy(lab, "root-proxy-1", Duration::from_secs(90));
+    kill(lab, "root-auth-b");
+    let user = lab.client("tctl get user/ha-probe").ok("tctl get user/ha-probe through root-auth-a");
+    assert!(user.stdout.contains("ha-probe"), "the user written through root-auth-b is missing: {user:?}");
+    sessions_everywhere(lab, 2, "with root-auth-b killed");
+    let fresh = lab
+        .client(&format!(
+            "export TSH_HOME=/tmp/after-swap; echo {PASSWORD} | tsh login --insecure >/dev/null && tsh ssh --cluster={LEAF} visitor@leaf-node-2 hostname"
+        ))
+        .ok("login and session with only root-auth-a");
+    assert_eq!(fresh.stdout.trim(), "leaf-node-2");
+    start_healthy(lab, "root-auth-b", Duration::from_secs(120));
+    phase("replicas swapped: written through one, read through the other", t);
 }

@@ -1,5 +1,5 @@
 //! Trusted-cluster routes of the web API: a leaf asking for trust, the clusters a user may
-//! see, and the nodes of a leaf (asked through its reverse tunnel).
+//! see (from the access cache), and the nodes of a leaf (asked through its reverse tunnel).
 
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -8,7 +8,7 @@ use portcullis_proto::auth::{ListRemoteClustersRequest, ValidateTrustedClusterRe
 use serde::Deserialize;
 use serde_json::json;
 
-use super::handlers::{peer_addr, require_cert};
+use super::handlers::{access_status, peer_addr, require_cert};
 use super::ApiError;
 use crate::route::{ClusterRoute, RouteError};
 use crate::state::{ProxyState, auth_call};
@@ -70,8 +70,17 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
 /// `GET /webapi/sites`: this cluster first, then the leaves the user may see.
 pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
     let cert = require_cert(&req)?;
-    let resp = auth_call(state.auth().list_remote_clusters(ListRemoteClustersRequest { user_tls_cert: cert, ..Default::default() })).await?;
-    let mut leaves = resp.clusters;
+    let mut leaves = match state.access_snapshot() {
+        Some(snap) => {
+            let user = portcullis_access::verify_user_tls(&snap, &cert).map_err(access_status)?;
+            let visible = portcullis_access::remote_clusters_visible_to(&snap, &user).map_err(access_status)?;
+            visible.into_iter().map(to_proto_rc).collect()
+        }
+        None => {
+            let req = ListRemoteClustersRequest { user_tls_cert: cert, ..Default::default() };
+            auth_call(state.auth().list_remote_clusters(req)).await?.clusters
+        }
+    };
     leaves.sort_by(|a, b| a.name.cmp(&b.name));
     let mut sites = vec![json!({"name": state.cluster_name, "status": "online", "type": "root", "labels": {}})];
     for rc in leaves {
@@ -92,15 +101,25 @@ pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
 /// The route to a leaf the user may see. Leaves hidden from the user by `cluster_labels`
 /// are "not found", exactly like names that do not exist.
 pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Addr<LeafActor>, ApiError> {
-    let resp = auth_call(
-        state.auth().list_remote_clusters(ListRemoteClustersRequest {
+    let ask_auth = || async {
+        let req = ListRemoteClustersRequest {
             user_tls_cert: user_tls_cert.to_vec(),
             name: cluster.to_string(),
             ..Default::default()
-        }),
-    )
-    .await?;
-    if !resp.clusters.iter().any(|c| c.name == cluster) {
+        };
+        auth_call(state.auth().list_remote_clusters(req)).await.map(|r| r.clusters.iter().any(|c| c.name == cluster))
+    };
+    let visible = match state.access_snapshot() {
+        Some(snap) if snap.remote_clusters.iter().any(|rc| rc.metadata.name == cluster) => {
+            let user = portcullis_access::verify_user_tls(&snap, user_tls_cert).map_err(access_status)?;
+            let visible = portcullis_access::remote_clusters_visible_to(&snap, &user).map_err(access_status)?;
+            visible.iter().any(|rc| rc.metadata.name == cluster)
+        }
+        // A leaf the snapshot does not list may be brand new; with auth down it stays unknown.
+        Some(_) => ask_auth().await.unwrap_or(false),
+        None => ask_auth().await?,
+    };
+    if !visible {
         return Err(RouteError::ClusterNotFound(cluster.to_string()).into());
     }
     match state.router.cluster(cluster) {
@@ -110,6 +129,20 @@ pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &st
             Err(RouteError::ClusterOffline(cluster.to_string()).into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A leaf of the snapshot as ListRemoteClusters describes it.
+fn to_proto_rc(rc: portcullis_types::RemoteCluster) -> portcullis_proto::auth::RemoteCluster {
+    portcullis_proto::auth::RemoteCluster {
+        name: rc.metadata.name,
+        connection: rc.status.connection,
+        labels: rc.metadata.labels.into_iter().collect(),
+        last_heartbeat: rc
+            .status
+            .last_heartbeat
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The web API routes (see docs/architecture.md, "Web API").
+//! The web API routes (see docs/architecture.md, "Web API"). User listings and login checks
+//! are answered from the access cache; login and trust establishment go to auth.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use portcullis_pki::Secret;
@@ -165,13 +166,19 @@ async fn nodes(req: HttpRequest, state: State, path: web::Path<String>) -> Resul
     if !cluster.is_empty() && cluster != state.cluster_name {
         return clusters::leaf_nodes(&state, cert, &cluster).await;
     }
-    let resp = auth_call(state.auth().list_nodes(ListNodesRequest {
-        user_tls_cert: cert,
-        labels: Default::default(),
-    }))
-    .await?;
-    let nodes: Vec<_> = resp
-        .nodes
+    let listed = match state.access_snapshot() {
+        Some(snap) => {
+            let user = portcullis_access::verify_user_tls(&snap, &cert).map_err(access_status)?;
+            let visible = portcullis_access::nodes_visible_to(&snap, &user).map_err(access_status)?;
+            visible.into_iter().map(|n| crate::route::to_proto_node(n, &state.cluster_name)).collect()
+        }
+        None => {
+            auth_call(state.auth().list_nodes(ListNodesRequest { user_tls_cert: cert, labels: Default::default() }))
+                .await?
+                .nodes
+        }
+    };
+    let nodes: Vec<_> = listed
         .into_iter()
         .map(|n| {
             let labels: std::collections::BTreeMap<_, _> = n.labels.into_iter().collect();
@@ -258,13 +265,32 @@ async fn authorize(req: HttpRequest, state: State, body: web::Json<AuthorizeRequ
         }
         Err(e) => return Err(e.into()),
     }
-    let resp = auth_call(state.auth().authorize_ssh(AuthorizeSshRequest {
+    let request = AuthorizeSshRequest {
         ssh_cert: body.ssh_cert,
         login: body.login,
         node: body.node,
         source: "proxy".into(),
         remote_addr: peer_addr(&req),
-    }))
-    .await?;
+    };
+    let resp = match state.access_snapshot() {
+        // The same decision auth takes (one implementation), for the node the name resolves
+        // to. The node audits the refused login itself; this call only explains it.
+        Some(snap) => {
+            let node = portcullis_access::resolve_node(&snap.nodes, &snap.cluster_name, &request.node, 0).ok();
+            portcullis_access::authorize_ssh(&snap, &request, node.as_ref()).map_err(access_status)?
+        }
+        None => auth_call(state.auth().authorize_ssh(request)).await?,
+    };
     Ok(HttpResponse::Ok().json(json!({ "allowed": resp.allowed, "reason": resp.reason })))
+}
+
+/// An access refusal as the status auth would have answered with (same codes, same text).
+pub(super) fn access_status(e: portcullis_access::AccessError) -> tonic::Status {
+    use portcullis_access::AccessError as E;
+    match e {
+        E::BadRequest(m) => tonic::Status::invalid_argument(m),
+        E::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+        E::Denied(m) => tonic::Status::permission_denied(m),
+        E::NotFound(m) => tonic::Status::not_found(m),
+    }
 }

@@ -15,6 +15,9 @@ pub struct AuthState {
     pub targets: Mutex<Vec<TrustedClusterTarget>>,
     pub nodes: Mutex<Vec<Node>>,
     pub audit: Mutex<Vec<serde_json::Value>>,
+    /// What WatchAccess streams (JSON of a portcullis_access::AccessSnapshot): the current
+    /// message at once, then each one set here.
+    pub access: tokio::sync::watch::Sender<Option<AccessSnapshotMessage>>,
 }
 
 impl AuthState {
@@ -117,6 +120,27 @@ impl Auth for Served {
         _: Request<ListRemoteClustersRequest>,
     ) -> Result<Response<ListRemoteClustersResponse>, Status> {
         nope()
+    }
+    async fn watch_access(
+        &self,
+        _: Request<WatchAccessRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<AccessSnapshotMessage>>, Status> {
+        let mut updates = self.0.access.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let msg = updates.borrow_and_update().clone();
+                if let Some(m) = msg
+                    && tx.send(Ok(m)).await.is_err()
+                {
+                    return;
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
     async fn list_trusted_clusters(
         &self,

@@ -1,0 +1,4 @@
+//! Shared helpers of the storage integration tests.
+
+pub mod pg;
+pub mod suite;
