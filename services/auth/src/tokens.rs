@@ -29,6 +29,9 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long an expired token is kept so that joining with it says "expired".
+const EXPIRED_TOKEN_KEPT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 impl AuthState {
     /// Static tokens as resources (never expiring), for `tctl tokens ls`.
     pub fn static_token_resources(&self) -> Vec<ProvisionToken> {
@@ -77,15 +80,16 @@ impl AuthState {
         Ok(token)
     }
 
-    /// Stores a token. One that expires is stored with that TTL, so the backend drops it
-    /// then on every replica (the sweep is only a fallback).
+    /// Stores a token. One that expires is stored with a TTL a little past its expiry, so the
+    /// backend drops it on every replica (the sweep is only a fallback) while a late joiner
+    /// still hears "expired" rather than "not recognised" for a while.
     pub fn put_token(&self, token: &ProvisionToken) -> Result<(), AuthError> {
         let key = token_key(token.token());
         let bytes = crate::state::to_json(token)?;
         // An already expired one (`tctl create` of an old token) is stored as given: it
         // joins nothing, and the sweep removes it.
         match token.metadata.expires.map(|e| std::time::Duration::try_from(e - now())) {
-            Some(Ok(ttl)) if !ttl.is_zero() => self.backend.put_ttl(&key, &bytes, ttl)?,
+            Some(Ok(ttl)) if !ttl.is_zero() => self.backend.put_ttl(&key, &bytes, ttl + EXPIRED_TOKEN_KEPT)?,
             _ => self.backend.put(&key, &bytes)?,
         }
         self.backend.flush()?;

@@ -43,7 +43,7 @@ impl NodeMetrics {
             active: Gauge::default(),
             sessions: Family::default(),
             logins: Family::default(),
-            heartbeat: Heartbeat::new(ready, "the auth service", INTERVAL * 3),
+            heartbeat: Heartbeat::tolerant(ready, "the auth service", INTERVAL * 3),
         }
     }
 

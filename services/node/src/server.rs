@@ -25,6 +25,8 @@ use crate::users;
 /// How long the node waits for the auth service's decision (asked only while the access cache
 /// is empty) before refusing the login.
 const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal of the access cache waits for auth to confirm it.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Client input queued for a process before the connection waits for it to read.
 const INPUT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Client environment variables kept per channel, against memory abuse.
@@ -289,7 +291,18 @@ impl Connection {
         };
         // The access cache decides when it holds a snapshot, so logins work with auth down.
         let (decision, decided_here) = match self.ctx.auth.decide_locally(&req) {
-            Some(Ok(resp)) => (resp, true),
+            Some(Ok(resp)) if resp.allowed => (resp, true),
+            // A refusal from the cache is confirmed with auth, whose view is newer (a user or
+            // role made a moment ago); auth audits what it decides. With no auth server
+            // answering in time, the cache's refusal stands.
+            Some(Ok(resp)) => match tokio::time::timeout(CONFIRM_TIMEOUT, self.ctx.auth.authorize_ssh(req.clone())).await {
+                Ok(Ok(fresh)) => (fresh, false),
+                Ok(Err(status)) => {
+                    tracing::debug!(user = %key_id, "auth cannot confirm a refusal of the access cache: {}", status.message());
+                    (resp, true)
+                }
+                Err(_) => (resp, true),
+            },
             Some(Err(reason)) => {
                 tracing::info!(user = %key_id, login = %user, "login refused: {reason}");
                 fail_span(&reason);

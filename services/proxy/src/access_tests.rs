@@ -121,9 +121,13 @@ async fn routing_goes_on_from_the_cache_after_auth_dies_and_after_a_restart() {
 #[tokio::test]
 async fn a_removed_role_is_applied_and_an_older_revision_is_not() {
     let ca = SshCa::generate().unwrap();
-    let fake = Arc::new(FakeAuth::default());
+    // While it answers, auth decides (it lists leaf-a for her).
+    let fake = Arc::new(FakeAuth {
+        remote_clusters: vec![portcullis_proto::auth::RemoteCluster { name: "leaf-a".into(), connection: "online".into(), ..Default::default() }],
+        ..FakeAuth::default()
+    });
     fake.set_access(&snapshot(&ca, 5, &["prod-access"]));
-    let (addr, _server) = testutil::serve_fake_stoppable(fake.clone()).await;
+    let (addr, server) = testutil::serve_fake_stoppable(fake.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = AccessCache::start(testutil::auth_client(addr), dir.path().join("access-cache.json"));
     assert!(cache.wait_ready(Duration::from_secs(5)).await);
@@ -131,23 +135,24 @@ async fn a_removed_role_is_applied_and_an_older_revision_is_not() {
     let cert = alice_cert(&ca);
     state.router.authorize_cluster("leaf-a", &cert).await.unwrap();
 
-    // The admin removes alice's role: the next snapshot refuses her at once.
+    // The admin removes alice's role; a lagging replica then sends an older snapshot, which
+    // does not bring the role back.
     fake.set_access(&snapshot(&ca, 6, &[]));
     wait_until("revision 6 arrives", || cache.current().unwrap().revision == 6).await;
-    let e = state.router.authorize_cluster("leaf-a", &cert).await.unwrap_err().to_string();
-    assert!(e.contains("cannot check access to cluster \"leaf-a\"") && e.contains("removed"), "{e}");
-
-    // A lagging replica sends an older snapshot: it does not bring the role back.
     fake.set_access(&snapshot(&ca, 4, &["prod-access"]));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cache.current().unwrap().revision, 6);
-    assert!(state.router.authorize_cluster("leaf-a", &cert).await.is_err());
 
-    // A leaf hidden by the role's cluster_labels is reported as not found.
+    // With auth gone, the cache decides: the removed role refuses her.
+    server.abort();
+    let e = state.router.authorize_cluster("leaf-a", &cert).await.unwrap_err().to_string();
+    assert!(e.contains("cannot check access to cluster \"leaf-a\"") && e.contains("removed"), "{e}");
+
+    // A leaf hidden by the role's cluster_labels is reported as not found (auth unreachable:
+    // the cache decides).
     let mut hidden = snapshot(&ca, 8, &["prod-access"]);
     hidden.remote_clusters = vec![leaf("leaf-a", "dev")];
-    fake.set_access(&hidden);
-    wait_until("revision 8 arrives", || cache.current().unwrap().revision == 8).await;
+    let state = testutil::state_with_access(None, AccessCache::fixed(hidden));
     let e = state.router.authorize_cluster("leaf-a", &cert).await.unwrap_err();
     assert!(matches!(e, RouteError::ClusterNotFound(_)), "{e}");
 }

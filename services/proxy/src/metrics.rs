@@ -50,7 +50,7 @@ impl ProxyMetrics {
             dial: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             tunnels: Family::default(),
             tunnel_leaves: Mutex::default(),
-            heartbeat: Heartbeat::new(ready, "the auth service", INTERVAL * 3),
+            heartbeat: Heartbeat::tolerant(ready, "the auth service", INTERVAL * 3),
         }
     }
 

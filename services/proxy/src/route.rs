@@ -164,14 +164,19 @@ impl Router {
         if cluster.is_empty() || cluster == self.cluster_name {
             return Ok(());
         }
-        let visible = match self.access.current() {
-            Some(snap) if snap.remote_clusters.iter().any(|rc| rc.metadata.name == cluster) => {
-                cluster_visible(&snap, cluster, ssh_cert)
-            }
-            // A leaf the snapshot does not list may be brand new: auth is asked about it. With
-            // auth down, the cache's answer (no such leaf) stands.
-            Some(_) => Ok(self.ask_cluster_visible(cluster, ssh_cert).await.unwrap_or(false)),
-            None => self.ask_cluster_visible(cluster, ssh_cert).await,
+        // Auth answers while it can: its view is the newest (a leaf labelled, a user made or
+        // demoted a moment ago), and this check was one call before the cache too. While no
+        // auth server answers, the access cache takes the same decision.
+        let visible = match self.ask_cluster_visible(cluster, ssh_cert).await {
+            Err(AskError::Unreachable(reason)) => match self.access.current() {
+                Some(snap) => {
+                    tracing::debug!(cluster, "auth is unreachable ({reason}): the access cache decides");
+                    cluster_visible(&snap, cluster, ssh_cert)
+                }
+                None => Err(reason),
+            },
+            Err(AskError::Refused(reason)) => Err(reason),
+            Ok(v) => Ok(v),
         };
         match visible {
             Ok(true) => Ok(()),
@@ -188,7 +193,7 @@ impl Router {
     }
 
     /// Auth's answer to whether the holder of `ssh_cert` may see leaf `cluster`.
-    async fn ask_cluster_visible(&self, cluster: &str, ssh_cert: &str) -> Result<bool, String> {
+    async fn ask_cluster_visible(&self, cluster: &str, ssh_cert: &str) -> Result<bool, AskError> {
         let req = portcullis_proto::auth::ListRemoteClustersRequest {
             user_ssh_cert: ssh_cert.to_string(),
             name: cluster.to_string(),
@@ -197,7 +202,8 @@ impl Router {
         let mut auth = self.auth.clone();
         match auth_call(auth.list_remote_clusters(req)).await {
             Ok(resp) => Ok(resp.clusters.iter().any(|c| c.name == cluster)),
-            Err(status) => Err(status.message().to_string()),
+            Err(status) if crate::state::auth_unreachable(&status) => Err(AskError::Unreachable(status.message().to_string())),
+            Err(status) => Err(AskError::Refused(status.message().to_string())),
         }
     }
 
@@ -377,6 +383,14 @@ impl Router {
             Err(s) => Err(RouteError::Resolve { host: host.to_string(), reason: status_text(&s) }),
         }
     }
+}
+
+/// Why auth gave no yes-or-no answer.
+enum AskError {
+    /// No auth server answered: the access cache may decide instead.
+    Unreachable(String),
+    /// Auth answered with a refusal (an unaccepted certificate, say): it stands.
+    Refused(String),
 }
 
 /// Whether the holder of `ssh_cert` (one of this cluster's user certificates) may see leaf

@@ -33,6 +33,13 @@ pub async fn auth_call<T>(
     }
 }
 
+/// Whether `status` says no auth server could be reached (or none answered in time), so the
+/// access cache's answer stands in for auth's. `Unknown` is what a connection broken mid-call
+/// gives; auth itself never answers with it (its errors map to definite codes).
+pub fn auth_unreachable(status: &Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
+}
+
 /// Addresses the proxy is bound to and the public ones it was configured with.
 #[derive(Debug, Clone)]
 pub struct Addrs {

@@ -44,7 +44,7 @@ impl AgentMetrics {
         AgentMetrics {
             tunnels: Family::default(),
             dials: Family::default(),
-            heartbeat: Heartbeat::new(ready, "the auth service", POLL_INTERVAL * 3),
+            heartbeat: Heartbeat::tolerant(ready, "the auth service", POLL_INTERVAL * 3),
         }
     }
 

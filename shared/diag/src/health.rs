@@ -64,6 +64,10 @@ struct HeartbeatInner {
     ready: Readiness,
     dependency: String,
     max_silence: Duration,
+    /// Stays ready through an outage of the dependency (the service works from a cache);
+    /// the outage is logged once instead.
+    tolerant: bool,
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Heartbeat {
@@ -76,14 +80,31 @@ impl Heartbeat {
                 ready,
                 dependency: dependency.into(),
                 max_silence,
+                tolerant: false,
+                warned: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Like [`Heartbeat::new`], for a service that keeps serving from a cache while the
+    /// dependency is away: silence is logged, readiness stays. A proxy that turned not ready
+    /// whenever auth did would be taken out of its load balancer exactly when its cache is
+    /// what keeps sessions going.
+    pub fn tolerant(ready: Readiness, dependency: impl Into<String>, max_silence: Duration) -> Heartbeat {
+        let mut hb = Heartbeat::new(ready, dependency, max_silence);
+        if let Some(inner) = Arc::get_mut(&mut hb.inner) {
+            inner.tolerant = true;
+        }
+        hb
     }
 
     /// A call succeeded.
     pub fn succeeded(&self) {
         let ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.inner.last_ok.store(ms + 1, Ordering::Relaxed);
+        if self.inner.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!("{} answers heartbeats again", self.inner.dependency);
+        }
         self.inner.ready.set_ready();
     }
 
@@ -94,7 +115,15 @@ impl Heartbeat {
             return;
         }
         let age = self.age();
-        if age > self.inner.max_silence {
+        if age > self.inner.max_silence && self.inner.tolerant {
+            if !self.inner.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "no successful heartbeat to {} for {}s: still serving from the access cache",
+                    self.inner.dependency,
+                    age.as_secs()
+                );
+            }
+        } else if age > self.inner.max_silence {
             self.inner.ready.set_not_ready(format!(
                 "no successful heartbeat to {} for {}s",
                 self.inner.dependency,

@@ -1,5 +1,5 @@
 //! Trusted-cluster routes of the web API: a leaf asking for trust, the clusters a user may
-//! see (from the access cache), and the nodes of a leaf (asked through its reverse tunnel).
+//! see (from auth, or its access cache while auth is away), and the nodes of a leaf (asked through its reverse tunnel).
 
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -11,7 +11,7 @@ use serde_json::json;
 use super::handlers::{access_status, peer_addr, require_cert};
 use super::ApiError;
 use crate::route::{ClusterRoute, RouteError};
-use crate::state::{ProxyState, auth_call};
+use crate::state::{ProxyState, auth_call, auth_unreachable};
 use crate::tunnel::LeafActor;
 use crate::tunnel::actor::ListNodes;
 
@@ -70,16 +70,17 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
 /// `GET /webapi/sites`: this cluster first, then the leaves the user may see.
 pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
     let cert = require_cert(&req)?;
-    let mut leaves = match state.access_snapshot() {
-        Some(snap) => {
+    // Auth answers while it can (its view is the newest); the access cache, which makes the
+    // same decision, answers while no auth server does.
+    let req = ListRemoteClustersRequest { user_tls_cert: cert.clone(), ..Default::default() };
+    let mut leaves = match (auth_call(state.auth().list_remote_clusters(req)).await, state.access_snapshot()) {
+        (Ok(resp), _) => resp.clusters,
+        (Err(s), Some(snap)) if auth_unreachable(&s) => {
             let user = portcullis_access::verify_user_tls(&snap, &cert).map_err(access_status)?;
             let visible = portcullis_access::remote_clusters_visible_to(&snap, &user).map_err(access_status)?;
             visible.into_iter().map(to_proto_rc).collect()
         }
-        None => {
-            let req = ListRemoteClustersRequest { user_tls_cert: cert, ..Default::default() };
-            auth_call(state.auth().list_remote_clusters(req)).await?.clusters
-        }
+        (Err(s), _) => return Err(s.into()),
     };
     leaves.sort_by(|a, b| a.name.cmp(&b.name));
     let mut sites = vec![json!({"name": state.cluster_name, "status": "online", "type": "root", "labels": {}})];
@@ -109,15 +110,15 @@ pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &st
         };
         auth_call(state.auth().list_remote_clusters(req)).await.map(|r| r.clusters.iter().any(|c| c.name == cluster))
     };
-    let visible = match state.access_snapshot() {
-        Some(snap) if snap.remote_clusters.iter().any(|rc| rc.metadata.name == cluster) => {
+    // Auth first (newest view); the access cache while no auth server answers.
+    let visible = match (ask_auth().await, state.access_snapshot()) {
+        (Ok(visible), _) => visible,
+        (Err(s), Some(snap)) if auth_unreachable(&s) => {
             let user = portcullis_access::verify_user_tls(&snap, user_tls_cert).map_err(access_status)?;
             let visible = portcullis_access::remote_clusters_visible_to(&snap, &user).map_err(access_status)?;
             visible.iter().any(|rc| rc.metadata.name == cluster)
         }
-        // A leaf the snapshot does not list may be brand new; with auth down it stays unknown.
-        Some(_) => ask_auth().await.unwrap_or(false),
-        None => ask_auth().await?,
+        (Err(s), _) => return Err(s.into()),
     };
     if !visible {
         return Err(RouteError::ClusterNotFound(cluster.to_string()).into());

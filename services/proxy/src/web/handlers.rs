@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{ApiError, PeerCert, clusters};
 use crate::host_of;
 use crate::route::{ClusterRoute, RouteError};
-use crate::state::{ProxyState, auth_call};
+use crate::state::{ProxyState, auth_call, auth_unreachable};
 
 type State = web::Data<ProxyState>;
 
@@ -166,17 +166,16 @@ async fn nodes(req: HttpRequest, state: State, path: web::Path<String>) -> Resul
     if !cluster.is_empty() && cluster != state.cluster_name {
         return clusters::leaf_nodes(&state, cert, &cluster).await;
     }
-    let listed = match state.access_snapshot() {
-        Some(snap) => {
+    // Auth first (newest view); the access cache while no auth server answers.
+    let asked = auth_call(state.auth().list_nodes(ListNodesRequest { user_tls_cert: cert.clone(), labels: Default::default() })).await;
+    let listed = match (asked, state.access_snapshot()) {
+        (Ok(resp), _) => resp.nodes,
+        (Err(s), Some(snap)) if auth_unreachable(&s) => {
             let user = portcullis_access::verify_user_tls(&snap, &cert).map_err(access_status)?;
             let visible = portcullis_access::nodes_visible_to(&snap, &user).map_err(access_status)?;
             visible.into_iter().map(|n| crate::route::to_proto_node(n, &state.cluster_name)).collect()
         }
-        None => {
-            auth_call(state.auth().list_nodes(ListNodesRequest { user_tls_cert: cert, labels: Default::default() }))
-                .await?
-                .nodes
-        }
+        (Err(s), _) => return Err(s.into()),
     };
     let nodes: Vec<_> = listed
         .into_iter()
@@ -272,14 +271,16 @@ async fn authorize(req: HttpRequest, state: State, body: web::Json<AuthorizeRequ
         source: "proxy".into(),
         remote_addr: peer_addr(&req),
     };
-    let resp = match state.access_snapshot() {
-        // The same decision auth takes (one implementation), for the node the name resolves
-        // to. The node audits the refused login itself; this call only explains it.
-        Some(snap) => {
+    let resp = match (auth_call(state.auth().authorize_ssh(request.clone())).await, state.access_snapshot()) {
+        (Ok(resp), _) => resp,
+        // No auth server answers: the same decision from the access cache (one implementation),
+        // for the node the name resolves to. The node audits the refused login itself; this
+        // call only explains it.
+        (Err(s), Some(snap)) if auth_unreachable(&s) => {
             let node = portcullis_access::resolve_node(&snap.nodes, &snap.cluster_name, &request.node, 0).ok();
             portcullis_access::authorize_ssh(&snap, &request, node.as_ref()).map_err(access_status)?
         }
-        None => auth_call(state.auth().authorize_ssh(request)).await?,
+        (Err(s), _) => return Err(s.into()),
     };
     Ok(HttpResponse::Ok().json(json!({ "allowed": resp.allowed, "reason": resp.reason })))
 }
