@@ -10,7 +10,7 @@ pub enum NodeError {
     Join(#[from] JoinError),
     #[error(transparent)]
     Rpc(#[from] RpcError),
-    #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
+    #[error("no auth server configured (set teleport.auth_servers, or --auth-server, which may be repeated)")]
     NoAuthServer,
     #[error("the node identity is unusable: {0}")]
     Identity(#[from] portcullis_pki::PkiError),

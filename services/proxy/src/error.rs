@@ -10,7 +10,7 @@ pub enum ProxyError {
     Join(JoinError),
     #[error("connecting to the auth service: {0}")]
     Rpc(RpcError),
-    #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
+    #[error("no auth server configured (set teleport.auth_servers, or --auth-server, which may be repeated)")]
     NoAuthServer,
     #[error("the proxy identity is unusable: {0}")]
     Identity(String),

@@ -10,7 +10,7 @@ pub enum AgentError {
     // The join error is part of the message rather than a source, so it is said once.
     #[error("cannot join the leaf cluster: {0}")]
     Join(JoinError),
-    #[error("no auth server configured (set teleport.auth_server or --auth-server)")]
+    #[error("no auth server configured (set teleport.auth_servers, or --auth-server, which may be repeated)")]
     NoAuthServer,
     #[error(transparent)]
     Rpc(#[from] RpcError),

@@ -167,3 +167,45 @@ impl ServerCertVerifier for AnyCert {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// Issue 12: an admin lock refuses a user's existing certificate at the node at once (not
+/// only new logins), says why and how to lift it, and `tctl users unlock` restores access.
+#[test]
+fn an_admin_lock_refuses_existing_certificates_until_unlocked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().to_path_buf();
+    let mut c = Cluster::start_auth(&root, "locks.example.com", &[]);
+    c.start_proxy();
+    c.start_node("locknode", "env=dev");
+    let login = test_login();
+    c.tctl(&["users", "add", "alice", "--roles=access", &format!("--logins={login}")]).ok();
+    c.tctl_in(&["users", "set-password", "alice"], Some(&format!("{PASSWORD}\n"))).ok();
+    let tsh = Tsh::new(&root, "alice");
+    tsh.login(&c.web_addr(), "alice", PASSWORD, &[]).ok();
+    let ssh = || tsh.run(&["ssh", &format!("{login}@locknode"), "echo", "in"]);
+    wait_for("a first session", Duration::from_secs(20), || (ssh().code == 0).then_some(()));
+
+    c.tctl(&["users", "lock", "alice", "--message=incident 42"]).ok();
+    let refused = wait_for("the lock reaches the node", Duration::from_secs(10), || {
+        let r = ssh();
+        (r.code != 0).then_some(r)
+    });
+    assert_ne!(refused.code, 0, "a locked user's certificate still works: {refused:?}");
+    let lock_audited = wait_for("the refusal is audited", Duration::from_secs(10), || {
+        c.audit_events()
+            .into_iter()
+            .find(|e| e["event"] == "auth" && e["success"] == false && e["error"].as_str().is_some_and(|m| m.contains("incident 42")))
+    });
+    let reason = lock_audited["error"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("user alice is locked") && reason.contains("tctl users unlock alice"), "{reason}");
+    // New certificates are refused too.
+    let relogin = tsh.login(&c.web_addr(), "alice", PASSWORD, &[]);
+    assert_ne!(relogin.code, 0, "a locked user got new certificates: {relogin:?}");
+
+    c.tctl(&["users", "unlock", "alice"]).ok();
+    let back = wait_for("access restored after unlock", Duration::from_secs(10), || {
+        let r = ssh();
+        (r.code == 0).then_some(r)
+    });
+    assert_eq!(back.stdout, "in\n");
+}
