@@ -21,7 +21,16 @@
 # Other knobs: BENCH_TRACE_RUNS (50), BENCH_NO_TRACE=1 (skip the tracing phase), BENCH_KEEP=1
 # (keep the temporary directory), BENCH_REBUILD=1 (always run the release build),
 # BENCH_NO_DOC=1 (print only).
+#   bash scripts/bench-ssh.sh --only echo    # only the fan-in echo: BENCH_CONCURRENCY (200) open
+#                                            # sessions through Portcullis, then through ssh -J,
+#                                            # round trip p50/p99 side by side; prints, no doc
 set -euo pipefail
+ONLY=
+case "${1:-}" in
+  --only) ONLY=${2:-}; [ "$ONLY" = echo ] || { echo "bench-ssh: --only takes 'echo'" >&2; exit 2; } ;;
+  "") ;;
+  *) echo "bench-ssh: unknown argument '$1' (knobs are environment variables; see the header)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 REPO=$PWD
 BYTES_SPEC=${BENCH_BYTES:-1G}
@@ -343,6 +352,28 @@ memory() { # proxy RSS idle vs OPEN open sessions
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start_sshd
 start_lab plain
+if [ "$ONLY" = echo ]; then
+  # Fan-in only (issue 13): the same concurrent-echo through Portcullis and through ssh -J, in
+  # one run, the lab stopped before the OpenSSH half so each side has the machine to itself.
+  echo_rtt echo_tsh "$PROXY_PID" "$TSH" ssh --cluster=$LEAF visitor@leaf-node cat
+  stop_lab
+  echo_rtt echo_sshj "" ssh -F "$WORK/ssh/ssh_config_c25519" -J bastion target cat
+  set +u
+  ok=$(awk -v a="${R[echo_tsh.rtt_p50_ms]}" -v b="${R[echo_sshj.rtt_p50_ms]}" -v c="${R[echo_tsh.rtt_p99_ms]}" -v d="${R[echo_sshj.rtt_p99_ms]}" \
+    'BEGIN{print (a + 0 > 0 && b + 0 > 0 && a + 0 <= b + 0 && c + 0 <= d + 0) ? "met" : "not met"}')
+  cat <<TXT
+
+Echo round trips, $CONC sessions open at once, 10 rounds (ms; $(date -u +"%Y-%m-%d %H:%M UTC"), load $LOAD_START -> $(cut -d' ' -f1-3 /proc/loadavg))
+| path | p50 | p99 | max | opened | errors |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| tsh ssh --cluster=leaf ... cat (root proxy + tunnel) | ${R[echo_tsh.rtt_p50_ms]} | ${R[echo_tsh.rtt_p99_ms]} | ${R[echo_tsh.rtt_max_ms]} | ${R[echo_tsh.opened]} | ${R[echo_tsh.errors]} |
+| ssh -J bastion target cat (curve25519) | ${R[echo_sshj.rtt_p50_ms]} | ${R[echo_sshj.rtt_p99_ms]} | ${R[echo_sshj.rtt_max_ms]} | ${R[echo_sshj.opened]} | ${R[echo_sshj.errors]} |
+Portcullis p50 and p99 no worse than ssh -J: $ok
+${R[echo_tsh.errsample]:+tsh errors: ${R[echo_tsh.errsample]}}
+${R[echo_sshj.errsample]:+ssh -J errors: ${R[echo_sshj.errsample]}}
+TXT
+  exit 0
+fi
 latency tsh_leaf "${TSH_LEAF[*]} true"
 [ "$ROOT_NODE_OK" = 1 ] && latency tsh_root "${TSH_ROOT[*]} true"
 latency ssh_j "${SSH_J[*]} true"

@@ -161,11 +161,19 @@ pub struct Root {
     pub ports: ProxyPorts,
     pub proxy: Option<Proc>,
     proxy_bin: PathBuf,
+    /// Extra environment for the proxy only (`--proxy-env`), e.g. a heap profiler's preload.
+    proxy_env: Vec<(String, String)>,
     starts: u32,
 }
 
 impl Root {
-    pub fn start(bins: &Bins, dir: &Path, name: &str, offline_after: &str) -> Result<Root, BenchError> {
+    pub fn start(
+        bins: &Bins,
+        dir: &Path,
+        name: &str,
+        offline_after: &str,
+        proxy_env: Vec<(String, String)>,
+    ) -> Result<Root, BenchError> {
         let auth = Auth::start(bins, dir, name, offline_after, &[])?;
         let ports = ProxyPorts { web: free_port()?, ssh: free_port()?, tunnel: free_port()? };
         let token = auth.token("proxy", "30m")?;
@@ -181,7 +189,7 @@ impl Root {
         );
         let path = dir.join("proxy.yaml");
         std::fs::write(&path, cfg).map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
-        let mut root = Root { auth, ports, proxy: None, proxy_bin: bins.proxy.clone(), starts: 0 };
+        let mut root = Root { auth, ports, proxy: None, proxy_bin: bins.proxy.clone(), proxy_env, starts: 0 };
         root.start_proxy()?;
         Ok(root)
     }
@@ -193,7 +201,8 @@ impl Root {
         let dir = &self.auth.dir;
         let p = Proc::spawn(
             "root proxy",
-            plain(Command::new(&self.proxy_bin).arg("start").arg("-c").arg(dir.join("proxy.yaml"))),
+            plain(Command::new(&self.proxy_bin).arg("start").arg("-c").arg(dir.join("proxy.yaml")))
+                .envs(self.proxy_env.iter().map(|(k, v)| (k, v))),
             self.proxy_log(),
         )?;
         self.proxy = Some(p);

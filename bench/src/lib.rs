@@ -1,5 +1,7 @@
 //! Scale benchmark of the reverse tunnel: many simulated leaf clusters on one root proxy.
 //! See `bench/README.md` and `docs/benchmarks.md` for what is measured and the results.
+// Benchmark code: a panic is how it fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
 pub mod cluster;
@@ -27,11 +29,12 @@ pub struct Options {
     /// Directory holding the built binaries (portcullis-auth, -proxy, -node, -tunnel-agent, tctl, tsh).
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
-    /// Simulated agents started together before a pause, so handshakes do not all land at once.
-    #[arg(long, default_value_t = 50)]
+    /// Simulated agents started together before a pause, so handshakes do not all land at
+    /// once (100 every 500 ms: 5,000 leaves are all started within 25 s).
+    #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Pause between two batches, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     pub batch_pause_ms: u64,
     /// `tsh ssh` runs per latency series.
     #[arg(long, default_value_t = 30)]
@@ -68,6 +71,16 @@ pub struct Options {
     /// Skip the proxy restarts (SIGTERM and SIGKILL) and their reconnect times.
     #[arg(long)]
     pub no_restart: bool,
+    /// Soak mode: once every leaf is online, only watch the idle proxy's RSS this long
+    /// (`30m`, `1h`...), every `--soak-interval-secs`, and report its least-squares slope in
+    /// its own section of the doc (no latency series, no restarts).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    /// KEY=VALUE set in the root proxy's environment only (repeatable), e.g. to profile its
+    /// heap: `--proxy-env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so
+    /// --proxy-env DUMP_HEAPTRACK_OUTPUT=/tmp/proxy.heaptrack.raw`.
+    #[arg(long)]
+    pub proxy_env: Vec<String>,
 }
 
 impl Options {
@@ -77,5 +90,11 @@ impl Options {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Descriptors the benchmark process needs: per simulated agent its tunnel, its
+    /// connection to the fake auth and the fake auth's end of it, plus room for the rest.
+    pub fn fds_needed(&self) -> u64 {
+        4 * self.leaves as u64 + 4096
     }
 }

@@ -99,34 +99,53 @@ pub fn cpu_over(pids: &[u32], window: Duration) -> Result<Vec<CpuSample>, BenchE
 pub struct Soak {
     /// (seconds since the first sample, RSS in KiB).
     pub samples: Vec<(f64, u64)>,
+    /// Anonymous resident memory (`RssAnon`: the heap and thread stacks) at each sample, in
+    /// KiB: separates heap growth from mapped files.
+    pub anon_kb: Vec<u64>,
+    /// Open descriptors at each sample: a growing count means connections pile up.
+    pub fds: Vec<usize>,
 }
 
 impl Soak {
-    /// Samples the RSS of `pid` every `interval` for `duration`.
-    pub fn watch(pid: u32, duration: Duration, interval: Duration) -> Result<Soak, BenchError> {
+    /// Samples the RSS of `pid` every `interval` for `duration`; `progress` sees the
+    /// samples so far after each one.
+    pub fn watch(pid: u32, duration: Duration, interval: Duration, mut progress: impl FnMut(&Soak)) -> Result<Soak, BenchError> {
         let start = Instant::now();
-        let mut samples = vec![(0.0, rss_kb(pid)?)];
+        let mut soak = Soak::default();
+        soak.sample(pid, 0.0)?;
         let rounds = duration.as_millis() / interval.as_millis().max(1);
         for i in 1..=rounds {
             // Sleep to the planned instant, so reading /proc does not make the window drift.
             let at = interval * u32::try_from(i).unwrap_or(u32::MAX);
             std::thread::sleep(at.saturating_sub(start.elapsed()));
-            samples.push((start.elapsed().as_secs_f64(), rss_kb(pid)?));
+            soak.sample(pid, start.elapsed().as_secs_f64())?;
+            progress(&soak);
         }
-        Ok(Soak { samples })
+        Ok(soak)
     }
 
-    /// Least-squares slope in KiB per minute (0 with fewer than two samples).
+    fn sample(&mut self, pid: u32, at: f64) -> Result<(), BenchError> {
+        self.samples.push((at, rss_kb(pid)?));
+        self.anon_kb.push(status_kb(pid, "RssAnon").unwrap_or(0));
+        self.fds.push(open_fds(pid).unwrap_or(0));
+        Ok(())
+    }
+
+    /// Least-squares slope of `RssAnon` in KiB per minute.
+    pub fn anon_slope_kib_per_min(&self) -> f64 {
+        let pts: Vec<(f64, u64)> = self.samples.iter().zip(&self.anon_kb).map(|(s, a)| (s.0, *a)).collect();
+        slope_per_min(&pts)
+    }
+
+    /// Least-squares slope of the RSS in KiB per minute (0 with fewer than two samples).
     pub fn slope_kib_per_min(&self) -> f64 {
-        let n = self.samples.len() as f64;
-        if self.samples.len() < 2 {
-            return 0.0;
-        }
-        let mx = self.samples.iter().map(|s| s.0).sum::<f64>() / n;
-        let my = self.samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
-        let sxy: f64 = self.samples.iter().map(|s| (s.0 - mx) * (s.1 as f64 - my)).sum();
-        let sxx: f64 = self.samples.iter().map(|s| (s.0 - mx).powi(2)).sum();
-        if sxx == 0.0 { 0.0 } else { sxy / sxx * 60.0 }
+        slope_per_min(&self.samples)
+    }
+
+    /// The slope over the second half of the samples only: memory that settles (allocator
+    /// arenas filling up after the ramp) shows a first-half slope and a flat second half.
+    pub fn late_slope_kib_per_min(&self) -> f64 {
+        slope_per_min(&self.samples[self.samples.len() / 2..])
     }
 
     pub fn span_secs(&self) -> f64 {
@@ -140,6 +159,19 @@ impl Soak {
             _ => 0,
         }
     }
+}
+
+/// Least-squares slope of (seconds, KiB) points, in KiB per minute (0 with fewer than two).
+fn slope_per_min(pts: &[(f64, u64)]) -> f64 {
+    if pts.len() < 2 {
+        return 0.0;
+    }
+    let n = pts.len() as f64;
+    let mx = pts.iter().map(|s| s.0).sum::<f64>() / n;
+    let my = pts.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let sxy: f64 = pts.iter().map(|s| (s.0 - mx) * (s.1 as f64 - my)).sum();
+    let sxx: f64 = pts.iter().map(|s| (s.0 - mx).powi(2)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx * 60.0 }
 }
 
 /// Latency statistics of a series of runs.
@@ -329,8 +361,10 @@ mod tests {
 
     #[test]
     fn soak_slope_is_per_minute() {
-        let soak = Soak { samples: vec![(0.0, 1000), (30.0, 1050), (60.0, 1100)] };
+        let soak = Soak { samples: vec![(0.0, 1000), (30.0, 1050), (60.0, 1100)], anon_kb: vec![500, 500, 530], fds: vec![] };
         assert!((soak.slope_kib_per_min() - 100.0).abs() < 1e-9);
+        assert!((soak.anon_slope_kib_per_min() - 30.0).abs() < 1e-9);
+        assert!((soak.late_slope_kib_per_min() - 100.0).abs() < 1e-9);
         assert_eq!(soak.change_kib(), 100);
         assert_eq!(Soak::default().slope_kib_per_min(), 0.0);
     }

@@ -43,7 +43,13 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     watch_signals(&rt, work, opts.keep);
 
     say(format!("starting the root cluster {ROOT_NAME} (auth, proxy) in {}", work.display()));
-    let mut root = Root::start(&bins, &work.join("root"), ROOT_NAME, &opts.offline_after)?;
+    let proxy_env = opts
+        .proxy_env
+        .iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| BenchError::Other("--proxy-env takes KEY=VALUE".into()))?;
+    let mut root = Root::start(&bins, &work.join("root"), ROOT_NAME, &opts.offline_after, proxy_env)?;
     say("starting the real leaf (auth --insecure, node, tunnel agent)");
     let leaf = RealLeaf::start(&bins, &work.join(REAL_LEAF), REAL_LEAF, NODE_NAME)?;
     let login = unix_login("pcl-bench");
@@ -190,12 +196,23 @@ fn measure_many(
         report.many.cpu.percent,
         report.per_tunnel_kib()
     ));
+    if let Some(duration) = opts.soak {
+        // Soak mode: nothing but the idle proxy's memory, for as long as asked.
+        say(format!("soak: watching the idle proxy's RSS for {:.0} min", duration.as_secs_f64() / 60.0));
+        let soak = soak_watch(root, duration, opts)?;
+        say(format!(
+            "soak, {n} leaves: proxy RSS {:+} KiB in {:.0} s, slope {:+.1} KiB/min (second half {:+.1}, RssAnon {:+.1})",
+            soak.change_kib(),
+            soak.span_secs(),
+            soak.slope_kib_per_min(),
+            soak.late_slope_kib_per_min(),
+            soak.anon_slope_kib_per_min()
+        ));
+        report.soak = Some(soak);
+        return Ok(());
+    }
     if opts.soak_secs > 0 {
-        let soak = measure::Soak::watch(
-            root.proxy_pid()?,
-            Duration::from_secs(opts.soak_secs),
-            Duration::from_secs(opts.soak_interval_secs.max(1)),
-        )?;
+        let soak = soak_watch(root, Duration::from_secs(opts.soak_secs), opts)?;
         say(format!(
             "{n} leaves, idle: proxy RSS changed by {} KiB in {:.0} s ({:.0} KiB/min)",
             soak.change_kib(),
@@ -221,6 +238,18 @@ fn measure_many(
         report.restarts.push(r);
     }
     Ok(())
+}
+
+/// Samples the idle proxy's RSS for `duration`, saying where it stands every minute.
+fn soak_watch(root: &Root, duration: Duration, opts: &Options) -> Result<measure::Soak, BenchError> {
+    let interval = Duration::from_secs(opts.soak_interval_secs.max(1));
+    let per_minute = (60 / interval.as_secs().max(1)).max(1) as usize;
+    measure::Soak::watch(root.proxy_pid()?, duration, interval, |s| {
+        if (s.samples.len() - 1) % per_minute == 0 {
+            let (t, kb) = s.samples.last().copied().unwrap_or_default();
+            say(format!("soak: {t:.0} s, proxy RSS {kb} KiB, slope so far {:+.1} KiB/min", s.slope_kib_per_min()));
+        }
+    })
 }
 
 fn fmt_opt(d: Option<Duration>) -> String {

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_pki::x509::{AUTH_SERVER_NAME, TlsCa, TlsCertRequest, generate_key, public_key_der, system_role};
+use portcullis_pki::x509::{AUTH_SERVER_NAME, TlsCa, TlsCertRequest, generate_key, public_key_der, SystemRole};
 use portcullis_pki::{Identity, Secret, ssh::SshCa};
 use portcullis_proto::auth::auth_client::AuthClient;
-use portcullis_proto::auth::CertAuthorities;
 use portcullis_rpc::{ClientTls, Trust, connect_lazy};
-use serde::{Deserialize, Serialize};
+use portcullis_types::webapi;
 
 use crate::BenchError;
 
@@ -40,7 +39,7 @@ pub fn make_leaves(prefix: &str, count: usize) -> Result<Vec<SimLeaf>, BenchErro
             let cert = tls.issue(&TlsCertRequest {
                 public_key_der: public_key_der(&key),
                 name: agent_id.clone(),
-                system_roles: vec![system_role::AGENT.into()],
+                system_roles: vec![SystemRole::Agent.into()],
                 ttl: CERT_TTL,
                 ..Default::default()
             })?;
@@ -48,7 +47,7 @@ pub fn make_leaves(prefix: &str, count: usize) -> Result<Vec<SimLeaf>, BenchErro
                 name.clone(),
                 agent_id,
                 format!("{name}-agent"),
-                system_role::AGENT.into(),
+                SystemRole::Agent.into(),
                 cert,
                 Secret::new(key.serialize_pem()),
                 vec![tls.cert_pem().to_string()],
@@ -66,19 +65,6 @@ pub fn make_leaves(prefix: &str, count: usize) -> Result<Vec<SimLeaf>, BenchErro
         .collect()
 }
 
-#[derive(Serialize)]
-struct ValidateRequest<'a> {
-    token: &'a str,
-    cluster_name: &'a str,
-    cas: CertAuthorities,
-}
-
-#[derive(Deserialize)]
-struct ValidateResponse {
-    cluster_name: String,
-    cas: CertAuthorities,
-}
-
 /// An HTTPS client that accepts the root proxy's self-signed certificate (a leaf auth
 /// started with `--insecure` does the same).
 fn https_client() -> Result<reqwest::Client, BenchError> {
@@ -86,7 +72,7 @@ fn https_client() -> Result<reqwest::Client, BenchError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| BenchError::Other(format!("TLS set-up: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(portcullis_rpc::verify::InsecureVerifier))
+        .with_custom_certificate_verifier(Arc::new(portcullis_pki::verify::InsecureAcceptAnyServer::dangerously_new()))
         .with_no_client_auth();
     reqwest::Client::builder()
         .use_preconfigured_tls(cfg)
@@ -130,10 +116,11 @@ pub async fn establish_trust(
 
 async fn validate_one(client: &reqwest::Client, url: &str, token: &str, leaf: &SimLeaf) -> Result<RootCas, BenchError> {
     let fail = |reason: String| BenchError::Trust { leaf: leaf.name.clone(), reason };
-    let body = ValidateRequest {
-        token,
-        cluster_name: &leaf.name,
-        cas: CertAuthorities {
+    // The body a real leaf auth sends: the web API's own type.
+    let body = webapi::ValidateRequest {
+        token: Secret::new(token.to_string()),
+        cluster_name: leaf.name.clone(),
+        cas: webapi::CertAuthorities {
             tls_ca_pem: vec![leaf.tls_ca_pem.clone()],
             ssh_user_ca: vec![leaf.ssh_user_ca.clone()],
             ssh_host_ca: vec![leaf.ssh_host_ca.clone()],
@@ -145,7 +132,7 @@ async fn validate_one(client: &reqwest::Client, url: &str, token: &str, leaf: &S
         let text = resp.text().await.unwrap_or_default();
         return Err(fail(format!("HTTP {status}: {text}")));
     }
-    let answer: ValidateResponse = resp.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))?;
+    let answer: webapi::ValidateResponse = resp.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))?;
     if answer.cas.tls_ca_pem.is_empty() {
         return Err(fail("the answer carries no root TLS CA".into()));
     }

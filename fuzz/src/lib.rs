@@ -15,9 +15,10 @@ use http_body_util::StreamBody;
 use portcullis_proto::Bytes;
 use portcullis_proto::tunnel::{AgentFrame, Chunk, ProxyFrame};
 use portcullis_proxy::web::JSON_LIMIT;
-use portcullis_proxy::web::clusters::ValidateBody;
-use portcullis_proxy::web::handlers::LoginRequest;
+use portcullis_proxy::web::clusters::leaf_name;
+use portcullis_proxy::web::handlers::login_tls_public_key;
 use portcullis_types::labels::{validate_selector, value_matches};
+use portcullis_types::webapi::{LoginRequest, ValidateRequest};
 use portcullis_types::{
     LabelValues, Labels, Resource, RoleMapping, Traits, expand_template, format_labels, map_roles,
     match_labels, parse_labels_arg, parse_yaml_documents, validate_role_map,
@@ -189,15 +190,15 @@ pub fn labels(data: &[u8]) {
 }
 
 /// `POST /webapi/trustedclusters/validate` on the root proxy (no client certificate: anyone
-/// can send it): the JSON body as actix-web decodes it, the route's own checks, then the
+/// can send it): the JSON body as the web server decodes it, the route's own checks, then the
 /// cluster-name rule auth applies to the name.
 pub fn validate_body(data: &[u8]) {
-    // actix-web refuses larger bodies before decoding them (web::JsonConfig::limit).
+    // The web server refuses larger bodies before decoding them (web::body).
     if data.len() > JSON_LIMIT {
         return;
     }
-    let Ok(body) = serde_json::from_slice::<ValidateBody>(data) else { return };
-    if let Ok(leaf) = body.leaf_name() {
+    let Ok(body) = serde_json::from_slice::<ValidateRequest>(data) else { return };
+    if let Ok(leaf) = leaf_name(&body) {
         let _ = portcullis_types::validate_cluster_name(&leaf);
     }
 }
@@ -208,7 +209,7 @@ pub fn login_body(data: &[u8]) {
         return;
     }
     let Ok(body) = serde_json::from_slice::<LoginRequest>(data) else { return };
-    let _ = body.tls_public_key();
+    let _ = login_tls_public_key(&body);
 }
 
 /// The reverse tunnel's gRPC streams: length-prefixed protobuf messages, decoded by tonic as

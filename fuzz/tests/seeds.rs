@@ -76,10 +76,11 @@ fn well_formed_seeds_still_parse() {
         let value: serde_json::Value = serde_json::from_slice(&read(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
         portcullis_types::Resource::from_json_value(value).unwrap_or_else(|e| panic!("{p}: {e}"));
     }
-    let body: portcullis_proxy::web::clusters::ValidateBody =
+    let body: portcullis_types::webapi::ValidateRequest =
         serde_json::from_slice(&read("validate_body/full.json")).unwrap_or_else(|e| panic!("validate_body: {e}"));
-    assert_eq!(body.leaf_name().map_err(|e| e.message).as_deref(), Ok("leaf.example.com"));
-    let login: portcullis_proxy::web::handlers::LoginRequest =
+    let leaf = portcullis_proxy::web::clusters::leaf_name(&body);
+    assert_eq!(leaf.map_err(|e| e.message).as_deref(), Ok("leaf.example.com"));
+    let login: portcullis_types::webapi::LoginRequest =
         serde_json::from_slice(&read("login_body/full.json")).unwrap_or_else(|e| panic!("login_body: {e}"));
-    assert!(login.tls_public_key().is_ok());
+    assert!(portcullis_proxy::web::handlers::login_tls_public_key(&login).is_ok());
 }

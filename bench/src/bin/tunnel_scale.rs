@@ -1,5 +1,7 @@
 //! `tunnel-scale`: many simulated leaf clusters on one root proxy; prints the figures and
 //! refreshes its section of docs/benchmarks.md.
+// Benchmark code: a panic is how it fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     portcullis_rpc::install_crypto_provider();
-    raise_fd_limit();
+    raise_fd_limit(cli.opts.fds_needed());
     let tmp = tempfile::Builder::new().prefix("tunnel-scale-").tempdir().context("creating the working directory")?;
     init_logging(&tmp.path().join("bench.log"))?;
     let work = tmp.path().to_path_buf();
@@ -55,13 +57,25 @@ fn init_logging(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hundreds of tunnels need more descriptors than a default soft limit of 1024, here and
-/// in the proxy (which inherits the limit).
-fn raise_fd_limit() {
+/// Thousands of tunnels need more descriptors than a default soft limit of 1024, here and
+/// in the proxy (which inherits the limit): the soft limit goes up to the hard one, and the
+/// hard one up to `need` where allowed (as root); a limit still short of `need` is said.
+fn raise_fd_limit(need: u64) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if hard < need && setrlimit(Resource::RLIMIT_NOFILE, need, need).is_ok() {
+        return;
+    }
+    if soft < hard {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    if hard < need {
+        eprintln!(
+            "[tunnel-scale] warning: the descriptor limit is {hard}, about {need} are needed for --leaves {}; \
+             agents may fail to connect (raise it with `ulimit -Hn`)",
+            (need.saturating_sub(4096)) / 4
+        );
     }
 }

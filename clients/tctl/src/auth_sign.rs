@@ -3,10 +3,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use portcullis_pki::x509::system_role;
 use portcullis_pki::{Identity, Secret};
 use portcullis_proto::auth::{GenerateUserCertsRequest, UserCerts};
-use portcullis_types::parse_duration;
+use portcullis_types::{SystemRole, parse_duration};
 
 use crate::cli::SignArgs;
 use crate::client::AuthApi;
@@ -40,7 +39,7 @@ fn identity(certs: UserCerts, keys: Keys, fallback_cluster: &str) -> Identity {
         cluster,
         certs.username,
         String::new(),
-        system_role::USER.to_string(),
+        SystemRole::User.to_string(),
         certs.tls_cert_pem,
         Secret::new(keys.tls_private_pem),
         cas.tls_ca_pem,

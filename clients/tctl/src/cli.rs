@@ -1,4 +1,5 @@
-//! The command line: global connection flags and one subcommand per SPEC §4 command.
+//! The command line: global connection flags and one subcommand per `tctl` command (the
+//! subset of Teleport's that Portcullis has).
 
 use std::path::PathBuf;
 

@@ -28,7 +28,7 @@ pub(crate) fn write_out(out: &mut dyn Write, text: &str) -> Result<(), TctlError
 
 /// Logging to stderr: warnings only unless `--debug`, so command output stays clean.
 pub fn init_logging(debug: bool) {
-    portcullis_rpc::telemetry::init_logging(&portcullis_config::LogSettings {
+    portcullis_telemetry::init_logging(&portcullis_config::LogSettings {
         severity: if debug { "debug" } else { "warn" }.into(),
         json: false,
         output: "stderr".into(),

@@ -144,7 +144,8 @@ pub fn token_added_text(t: &TokenAdded) -> String {
             SystemRole::Node => ("node", "portcullis-node"),
             SystemRole::Proxy => ("proxy", "portcullis-proxy"),
             SystemRole::Agent => ("tunnel agent", "portcullis-tunnel-agent"),
-            SystemRole::TrustedCluster => continue,
+            // Trust is established with `trusted_cluster` resources; the others never join.
+            SystemRole::TrustedCluster | SystemRole::Auth | SystemRole::Admin | SystemRole::User => continue,
         };
         joins = true;
         s.push_str(&format!("\nRun this on the new {what} to join the cluster:\n\n"));

@@ -1,82 +1,63 @@
-//! Runs tctl commands against an in-process stand-in for the auth service over real mutual
+//! Runs tctl commands against the fake auth service (portcullis-fake-auth) over real mutual
 //! TLS, to check the wiring (connection, requests, output); the real auth is tested end to end.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clap::Parser;
-use portcullis_pki::x509::{AUTH_SERVER_NAME, TlsCa, TlsCertRequest, system_role};
+use portcullis_fake_auth::{FakeAuth, ServerTls, issue_cert};
+use portcullis_pki::x509::{TlsCa, SystemRole};
 use portcullis_pki::{Identity, Secret};
-use portcullis_proto::auth::auth_server::{Auth, AuthServer};
 use portcullis_proto::auth::*;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
+/// What the stand-in stores; the tests read and seed it directly.
 #[derive(Default)]
 struct Mock {
     resources: Mutex<BTreeMap<(String, String), String>>,
     passwords: Mutex<BTreeMap<String, String>>,
 }
 
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not in the mock"))
-}
-
-/// The gRPC service; a newtype because the trait and `Arc` are both foreign.
-struct Svc(Arc<Mock>);
-
-impl std::ops::Deref for Svc {
-    type Target = Mock;
-    fn deref(&self) -> &Mock {
-        &self.0
-    }
-}
-
-#[tonic::async_trait]
-impl Auth for Svc {
-    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        unimplemented()
-    }
-    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        unimplemented()
-    }
-    async fn authenticate_user(&self, _: Request<AuthenticateUserRequest>) -> Result<Response<UserCerts>, Status> {
-        unimplemented()
-    }
-    async fn generate_user_certs(&self, r: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
+/// The fake auth answering tctl's calls from `mock`.
+fn configured(mock: Arc<Mock>) -> FakeAuth {
+    let auth = FakeAuth::new().generate_user_certs(|r| {
         let r = r.into_inner();
-        Ok(Response::new(UserCerts {
+        Ok(UserCerts {
             username: r.username,
             ssh_cert: "ssh-cert".into(),
             tls_cert_pem: "tls-cert".into(),
             cas: Some(CertAuthorities { tls_ca_pem: vec!["ca".into()], ..Default::default() }),
             cluster_name: "root".into(),
             ..Default::default()
-        }))
-    }
-    async fn set_password(&self, r: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {
+        })
+    });
+    let m = mock.clone();
+    let auth = auth.set_password(move |r| {
         let r = r.into_inner();
-        self.passwords.lock().unwrap().insert(r.username, r.password);
-        Ok(Response::new(Empty {}))
-    }
-    async fn upsert_resource(&self, r: Request<UpsertResourceRequest>) -> Result<Response<UpsertResourceResponse>, Status> {
+        m.passwords.lock().unwrap().insert(r.username, r.password);
+        Ok(Empty {})
+    });
+    let m = mock.clone();
+    let auth = auth.upsert_resource(move |r| {
         let r = r.into_inner();
         let v: serde_json::Value = serde_json::from_str(&r.resource_json).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
         let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let mut res = self.resources.lock().unwrap();
+        let mut res = m.resources.lock().unwrap();
         let key = (kind.clone(), name.clone());
         if r.create_only && res.contains_key(&key) {
             return Err(Status::already_exists(format!("{kind} {name:?} already exists")));
         }
         let created = res.insert(key, r.resource_json).is_none();
-        Ok(Response::new(UpsertResourceResponse { kind, name, created }))
-    }
-    async fn get_resources(&self, r: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
+        Ok(UpsertResourceResponse { kind, name, created })
+    });
+    let m = mock.clone();
+    let auth = auth.get_resources(move |r| {
         let r = r.into_inner();
-        let res = self.resources.lock().unwrap();
+        let res = m.resources.lock().unwrap();
         let out: Vec<String> = res
             .iter()
             .filter(|((k, n), _)| *k == r.kind && (r.name.is_empty() || *n == r.name))
@@ -85,16 +66,17 @@ impl Auth for Svc {
         if !r.name.is_empty() && out.is_empty() {
             return Err(Status::not_found(format!("{} \"{}\" not found", r.kind, r.name)));
         }
-        Ok(Response::new(GetResourcesResponse { resources_json: out }))
-    }
-    async fn delete_resource(&self, r: Request<DeleteResourceRequest>) -> Result<Response<Empty>, Status> {
+        Ok(GetResourcesResponse { resources_json: out })
+    });
+    let m = mock.clone();
+    let auth = auth.delete_resource(move |r| {
         let r = r.into_inner();
-        match self.resources.lock().unwrap().remove(&(r.kind.clone(), r.name.clone())) {
-            Some(_) => Ok(Response::new(Empty {})),
+        match m.resources.lock().unwrap().remove(&(r.kind.clone(), r.name.clone())) {
+            Some(_) => Ok(Empty {}),
             None => Err(Status::not_found(format!("{} \"{}\" not found", r.kind, r.name))),
         }
-    }
-    async fn create_token(&self, r: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+    });
+    let auth = auth.create_token(move |r| {
         let r = r.into_inner();
         let token = if r.value.is_empty() { "random-token".to_string() } else { r.value };
         let expires = portcullis_pki::unix_now() as i64 + r.ttl_seconds as i64;
@@ -105,104 +87,38 @@ impl Auth for Svc {
                 .format(&time::format_description::well_known::Rfc3339).unwrap()},
             "spec": {"roles": roles},
         });
-        self.resources.lock().unwrap().insert(("token".into(), token.clone()), json.to_string());
-        Ok(Response::new(CreateTokenResponse { token, expires_unix: expires }))
-    }
-    async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        unimplemented()
-    }
-    async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        unimplemented()
-    }
-    async fn resolve_node(&self, _: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
-        unimplemented()
-    }
-    async fn authorize_ssh(&self, _: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
-        unimplemented()
-    }
-    async fn emit_audit_event(&self, _: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
-        unimplemented()
-    }
-    async fn search_audit_events(&self, _: Request<SearchAuditEventsRequest>) -> Result<Response<SearchAuditEventsResponse>, Status> {
-        unimplemented()
-    }
-    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        mock.resources.lock().unwrap().insert(("token".into(), token.clone()), json.to_string());
+        Ok(CreateTokenResponse { token, expires_unix: expires })
+    });
+    auth.status(|r| {
         // Like the real service, only admins may ask.
         if r.peer_certs().is_none() {
             return Err(Status::unauthenticated("no client certificate"));
         }
-        Ok(Response::new(StatusResponse {
+        Ok(StatusResponse {
             cluster_name: "root".into(),
             version: "0.1.0".into(),
             ca_fingerprints: vec![],
             nodes: 0,
             users: 0,
             ca_pin: "sha256:abcd".into(),
-        }))
-    }
-    async fn validate_trusted_cluster(
-        &self,
-        _: Request<ValidateTrustedClusterRequest>,
-    ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
-        Err(Status::unimplemented("not used by tctl"))
-    }
-    async fn report_tunnels(&self, _: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("not used by tctl"))
-    }
-    async fn list_remote_clusters(
-        &self,
-        _: Request<ListRemoteClustersRequest>,
-    ) -> Result<Response<ListRemoteClustersResponse>, Status> {
-        Err(Status::unimplemented("not used by tctl"))
-    }
-    async fn list_trusted_clusters(
-        &self,
-        _: Request<ListTrustedClustersRequest>,
-    ) -> Result<Response<ListTrustedClustersResponse>, Status> {
-        Err(Status::unimplemented("not used by tctl"))
-    }
-}
-
-fn issue(ca: &TlsCa, name: &str, role: &str, dns: &[&str]) -> (String, String) {
-    let key = portcullis_pki::x509::generate_key().unwrap();
-    let cert = ca
-        .issue(&TlsCertRequest {
-            public_key_der: portcullis_pki::x509::public_key_der(&key),
-            name: name.into(),
-            system_roles: vec![role.into()],
-            dns_names: dns.iter().map(|d| d.to_string()).collect(),
-            ttl: Duration::from_secs(3600),
-            ..Default::default()
         })
-        .unwrap();
-    (cert, key.serialize_pem())
+    })
 }
 
 /// Starts the mock; returns its address and an admin identity file for it.
 async fn start(dir: &Path, mock: Arc<Mock>) -> (String, String) {
-    portcullis_rpc::install_crypto_provider();
     let ca = TlsCa::generate("root").unwrap();
     let ca_pems = vec![ca.cert_pem().to_string()];
-    let (server_cert, server_key) = issue(&ca, "auth", system_role::AUTH, &[AUTH_SERVER_NAME]);
-    let (admin_cert, admin_key) = issue(&ca, "admin", system_role::ADMIN, &[]);
+    let (admin_cert, admin_key) = issue_cert(&ca, "admin", SystemRole::Admin.as_str(), &[]).unwrap();
     let id = Identity::new(
-        "root".into(), "admin".into(), String::new(), system_role::ADMIN.into(), admin_cert,
+        "root".into(), "admin".into(), String::new(), SystemRole::Admin.into(), admin_cert,
         Secret::new(admin_key), ca_pems.clone(), Secret::new(String::new()), String::new(),
     );
     let id_path = dir.join("admin.json");
     id.save(&id_path).unwrap();
-    let tls = portcullis_rpc::server::server_tls(&server_cert, &server_key, &ca_pems, &ca_pems);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(AuthServer::new(Svc(mock)))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let tls = ServerTls::issue(&ca, &ca_pems).unwrap();
+    let addr = configured(mock).tls(tls).start().await.unwrap().addr.to_string();
     (addr, id_path.display().to_string())
 }
 

@@ -1,19 +1,25 @@
 //! The proxy's HTTPS web API: a reqwest client whose TLS trust is the cluster CA saved at
 //! login (or `--insecure`), and the request/answer types of each route `tsh` calls.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use portcullis_types::webapi;
+use portcullis_pki::verify;
+use rustls::RootCertStore;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{TshError, error_chain};
+
+// The bodies are the proxy's own types: one definition for both ends.
+pub use portcullis_types::webapi::{
+    AuthorizeRequest, AuthorizeResponse, LeafHostCas, LoginRequest, LoginResponse, NodeInfo, PingProxy, PingResponse,
+    PingSsh, SiteInfo,
+};
 
 /// How to decide whether the proxy's HTTPS certificate is genuine.
 #[derive(Debug, Clone, Default)]
@@ -32,92 +38,6 @@ pub struct ClientCert<'a> {
 
 /// Why the last certificate check failed, kept so a handshake error can be explained.
 type FailureSlot = Arc<Mutex<Option<String>>>;
-
-#[derive(Debug)]
-struct ProxyVerifier {
-    insecure: bool,
-    inner: Option<Arc<WebPkiServerVerifier>>,
-    failure: FailureSlot,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ProxyVerifier {
-    fn record(&self, reason: String) {
-        if let Ok(mut slot) = self.failure.lock() {
-            *slot = Some(reason);
-        }
-    }
-}
-
-impl ServerCertVerifier for ProxyVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let Some(inner) = &self.inner else {
-            let reason = "it is not signed by a known certificate authority".to_string();
-            self.record(reason.clone());
-            return Err(rustls::Error::General(reason));
-        };
-        let verified = inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            .inspect_err(|e| self.record(e.to_string()))?;
-        // A certificate from a cluster CA is a service's identity: only a proxy's may answer
-        // for the web API (an auth, node or agent certificate with the right name may not).
-        if portcullis_pki::x509::is_cluster_issued(end_entity.as_ref())
-            && let Err(e) = portcullis_rpc::verify::check_server_role(
-                end_entity.as_ref(),
-                portcullis_pki::x509::system_role::PROXY,
-            )
-        {
-            let reason = e.to_string();
-            self.record(reason.clone());
-            return Err(rustls::Error::General(reason));
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 /// Trust anchors: the saved cluster CAs plus any `SSL_CERT_FILE` bundle (there are no
 /// system roots: the workspace has no native-certs crate).
@@ -140,23 +60,42 @@ fn root_store(trust: &TlsTrust) -> RootCertStore {
     roots
 }
 
-/// The verifier of the proxy's HTTPS certificate for `trust`.
+/// The verifier of the proxy's HTTPS certificate for `trust`, built from
+/// `portcullis_pki::verify`: any certificate with `--insecure`; otherwise the chain to the
+/// saved CAs and, for a certificate from a cluster CA, the Proxy role (an auth, node or agent
+/// certificate with the right name may not answer for the web API). Every refusal's reason
+/// lands in `failure`, so a failed request can say why.
 fn proxy_verifier(
     trust: &TlsTrust,
     failure: FailureSlot,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<ProxyVerifier>, TshError> {
+) -> Result<Arc<dyn ServerCertVerifier>, TshError> {
+    if trust.insecure {
+        return Ok(Arc::new(verify::InsecureAcceptAnyServer::dangerously_new()));
+    }
+    let record: verify::OnRefusal = Arc::new(move |e: &rustls::Error| {
+        let reason = match e {
+            rustls::Error::General(s) => s.clone(),
+            rustls::Error::Other(o) => o.to_string(),
+            e => e.to_string(),
+        };
+        if let Ok(mut slot) = failure.lock() {
+            *slot = Some(reason);
+        }
+    });
     let roots = root_store(trust);
-    let inner = if roots.is_empty() {
-        None
+    let inner: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
+        Arc::new(verify::RefuseServer::new("it is not signed by a known certificate authority"))
     } else {
-        Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TshError::Tls(e.to_string()))?,
-        )
+        verify::server_chain(roots).map_err(|e| TshError::Tls(e.to_string()))?
     };
-    Ok(Arc::new(ProxyVerifier { insecure: trust.insecure, inner, failure, provider }))
+    let role: verify::CertCheck = Arc::new(|cert: &CertificateDer<'_>| {
+        if !portcullis_pki::x509::is_cluster_issued(cert.as_ref()) {
+            return Ok(());
+        }
+        verify::check_server_role(cert.as_ref(), portcullis_pki::x509::SystemRole::Proxy.as_str())
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    });
+    Ok(Arc::new(verify::CheckedServerVerifier::new(inner).check_after(role).on_refusal(record)))
 }
 
 fn rustls_config(
@@ -165,7 +104,7 @@ fn rustls_config(
     failure: FailureSlot,
 ) -> Result<rustls::ClientConfig, TshError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = proxy_verifier(trust, failure, provider.clone())?;
+    let verifier = proxy_verifier(trust, failure)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TshError::Tls(e.to_string()))?
@@ -255,39 +194,39 @@ impl WebClient {
 
     /// `GET /webapi/ping`.
     pub async fn ping(&self) -> Result<PingResponse, TshError> {
-        let resp = self.send(self.client.get(self.url("/webapi/ping"))).await?;
+        let resp = self.send(self.client.get(self.url(webapi::PING_PATH))).await?;
         self.decode("ping", resp).await
     }
 
     /// `POST /webapi/login`.
     pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse, TshError> {
         let resp = self
-            .send(self.client.post(self.url("/webapi/login")).json(req))
+            .send(self.client.post(self.url(webapi::LOGIN_PATH)).json(req))
             .await?;
         self.decode("login", resp).await
     }
 
     /// `GET /webapi/sites/<cluster>/nodes`.
     pub async fn nodes(&self, cluster: &str) -> Result<Vec<NodeInfo>, TshError> {
-        let path = format!("/webapi/sites/{}/nodes", path_segment(cluster));
+        let path = webapi::NODES_PATH.replace("{cluster}", &path_segment(cluster));
         let resp = self.send(self.client.get(self.url(&path))).await?;
-        let list: NodesResponse = self.decode("node list", resp).await?;
+        let list: webapi::NodesResponse = self.decode("node list", resp).await?;
         Ok(list.nodes)
     }
 
     /// `GET /webapi/sites`; `None` when the proxy has no such route.
     pub async fn sites(&self) -> Result<Option<Vec<SiteInfo>>, TshError> {
         let resp = self
-            .send(self.client.get(self.url("/webapi/sites")))
+            .send(self.client.get(self.url(webapi::SITES_PATH)))
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let sites: SitesResponse = self.decode("cluster list", resp).await?;
+        let sites: SitesAnswer = self.decode("cluster list", resp).await?;
         Ok(Some(match sites {
-            SitesResponse::List(l) => l,
-            SitesResponse::Sites { sites } => sites,
-            SitesResponse::Clusters { clusters } => clusters,
+            SitesAnswer::List(l) => l,
+            SitesAnswer::Sites(s) => s.sites,
+            SitesAnswer::Clusters { clusters } => clusters,
         }))
     }
 
@@ -296,7 +235,7 @@ impl WebClient {
         let resp = self
             .send(
                 self.client
-                    .post(self.url("/webapi/ssh/authorize"))
+                    .post(self.url(webapi::AUTHORIZE_PATH))
                     .json(req),
             )
             .await?;
@@ -337,12 +276,14 @@ fn path_segment(s: &str) -> String {
 }
 
 fn server_error(status: reqwest::StatusCode, body: &[u8]) -> TshError {
+    /// Other proxies (Teleport) may send `{"error": {"message": ...}}`.
     #[derive(Deserialize)]
-    struct ErrorBody {
+    struct AnyErrorBody {
         error: serde_json::Value,
     }
-    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body) {
-        let msg = match b.error {
+    let msg = match serde_json::from_slice::<webapi::ErrorBody>(body) {
+        Ok(b) => Some(b.error),
+        Err(_) => serde_json::from_slice::<AnyErrorBody>(body).ok().map(|b| match b.error {
             serde_json::Value::String(s) => s,
             serde_json::Value::Object(o) => o
                 .get("message")
@@ -350,10 +291,10 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> TshError {
                 .map(str::to_string)
                 .unwrap_or_else(|| serde_json::Value::Object(o).to_string()),
             other => other.to_string(),
-        };
-        if !msg.is_empty() {
-            return TshError::Server(msg);
-        }
+        }),
+    };
+    if let Some(msg) = msg.filter(|m| !m.is_empty()) {
+        return TshError::Server(msg);
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -364,137 +305,14 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> TshError {
     }
 }
 
-/// `GET /webapi/ping` answer.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PingResponse {
-    pub cluster_name: String,
-    #[serde(default)]
-    pub server_version: String,
-    #[serde(default)]
-    pub proxy: PingProxy,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PingProxy {
-    #[serde(default)]
-    pub ssh: PingSsh,
-    #[serde(default)]
-    pub tls_routing_enabled: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PingSsh {
-    #[serde(default)]
-    pub public_addr: String,
-    #[serde(default)]
-    pub ssh_public_addr: String,
-    #[serde(default)]
-    pub ssh_tunnel_public_addr: String,
-}
-
-/// `POST /webapi/login` body.
-#[derive(Debug, Serialize)]
-pub struct LoginRequest {
-    pub user: String,
-    pub password: String,
-    pub ssh_pub_key: String,
-    /// Base64 of the DER SubjectPublicKeyInfo.
-    pub tls_pub_key: String,
-    pub ttl_seconds: u64,
-    /// Cluster the certificates route to; empty for the root.
-    pub cluster: String,
-}
-
-/// `POST /webapi/login` answer.
-#[derive(Debug, Deserialize)]
-pub struct LoginResponse {
-    #[serde(default)]
-    pub username: String,
-    #[serde(default)]
-    pub cluster_name: String,
-    pub ssh_cert: String,
-    pub tls_cert_pem: String,
-    #[serde(default)]
-    pub cas: LoginCas,
-    /// Host CAs of the leaf clusters, each to be trusted for its own leaf's hosts only.
-    #[serde(default)]
-    pub leaf_host_cas: Vec<LeafHostCas>,
-}
-
-/// One leaf's SSH host CAs in the login answer.
-#[derive(Debug, Default, Deserialize)]
-pub struct LeafHostCas {
-    pub cluster_name: String,
-    #[serde(default)]
-    pub ssh_host_ca: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct LoginCas {
-    #[serde(default)]
-    pub tls_ca_pem: Vec<String>,
-    #[serde(default)]
-    pub ssh_user_ca: Vec<String>,
-    #[serde(default)]
-    pub ssh_host_ca: Vec<String>,
-}
-
-/// A node as the web API lists it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: String,
-    #[serde(default)]
-    pub hostname: String,
-    #[serde(default)]
-    pub addr: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub tunnel: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct NodesResponse {
-    #[serde(default)]
-    nodes: Vec<NodeInfo>,
-}
-
-/// A cluster as `GET /webapi/sites` may list it (field names as Teleport's web API or ours).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SiteInfo {
-    pub name: String,
-    #[serde(default, alias = "connection")]
-    pub status: String,
-    #[serde(default, alias = "type")]
-    pub cluster_type: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
+/// `GET /webapi/sites` as tsh reads it: the proxy's object, or the shapes other proxies
+/// (Teleport) answer with.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum SitesResponse {
+enum SitesAnswer {
     List(Vec<SiteInfo>),
-    Sites { sites: Vec<SiteInfo> },
+    Sites(webapi::SitesResponse),
     Clusters { clusters: Vec<SiteInfo> },
-}
-
-/// `POST /webapi/ssh/authorize` body.
-#[derive(Debug, Serialize)]
-pub struct AuthorizeRequest {
-    pub ssh_cert: String,
-    pub login: String,
-    pub node: String,
-    pub cluster: String,
-}
-
-/// `POST /webapi/ssh/authorize` answer.
-#[derive(Debug, Deserialize)]
-pub struct AuthorizeResponse {
-    #[serde(default)]
-    pub allowed: bool,
-    #[serde(default)]
-    pub reason: String,
 }
 
 #[cfg(test)]
@@ -505,12 +323,11 @@ mod tests {
     /// auth service: tsh must not take it for the proxy's web certificate.
     #[test]
     fn only_a_proxy_certificate_from_the_cluster_ca_answers_for_the_web_api() {
-        use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
+        use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, SystemRole};
         let ca = TlsCa::generate("root.example.com").unwrap();
         let trust = TlsTrust { insecure: false, ca_pems: vec![ca.cert_pem().to_string()] };
         let failure: FailureSlot = Arc::default();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = proxy_verifier(&trust, failure.clone(), provider).unwrap();
+        let verifier = proxy_verifier(&trust, failure.clone()).unwrap();
         let issue = |role: &str| {
             let key = x509::generate_key().unwrap();
             let pem = ca
@@ -525,13 +342,14 @@ mod tests {
                 .unwrap();
             x509::pem_to_ders(&pem).unwrap().remove(0)
         };
+        use rustls::pki_types::{ServerName, UnixTime};
         let name = ServerName::try_from("proxy.example.com").unwrap();
         let now = UnixTime::now();
-        let auth = CertificateDer::from(issue(system_role::AUTH));
+        let auth = CertificateDer::from(issue(SystemRole::Auth.as_str()));
         let e = verifier.verify_server_cert(&auth, &[], &name, &[], now).unwrap_err().to_string();
         assert!(e.contains("role Auth, not Proxy"), "{e}");
         assert!(failure.lock().unwrap().as_deref().unwrap_or("").contains("not Proxy"));
-        let proxy = CertificateDer::from(issue(system_role::PROXY));
+        let proxy = CertificateDer::from(issue(SystemRole::Proxy.as_str()));
         verifier.verify_server_cert(&proxy, &[], &name, &[], now).unwrap();
     }
 
@@ -548,14 +366,14 @@ mod tests {
 
     #[test]
     fn sites_accept_list_or_object() {
-        let a: SitesResponse =
+        let a: SitesAnswer =
             serde_json::from_str(r#"[{"name":"leaf","status":"online"}]"#).unwrap();
-        let b: SitesResponse = serde_json::from_str(
+        let b: SitesAnswer = serde_json::from_str(
             r#"{"sites":[{"name":"leaf","connection":"offline","labels":{"env":"demo"}}]}"#,
         )
         .unwrap();
-        assert!(matches!(a, SitesResponse::List(ref l) if l[0].status == "online"));
-        assert!(matches!(b, SitesResponse::Sites { ref sites } if sites[0].status == "offline"));
+        assert!(matches!(a, SitesAnswer::List(ref l) if l[0].status == "online"));
+        assert!(matches!(b, SitesAnswer::Sites(ref s) if s.sites[0].status == "offline"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use portcullis_pki::Secret;
 use portcullis_pki::identity::write_private;
+use portcullis_types::HostPort;
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -93,30 +94,19 @@ fn safe_name(s: &str) -> String {
     }
 }
 
-/// Splits `host:port`, `[v6]:port`, `host` into the host (no brackets) and the port.
+/// Splits `host:port`, `[v6]:port`, `host` into the host (no brackets) and the port. Text that
+/// is no address comes back whole and without a port, so the dial or lookup that uses it
+/// reports it.
 pub fn split_host_port(addr: &str) -> (String, Option<u16>) {
-    let a = addr.trim();
-    if let Some((host, tail)) = a.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
-        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-        return (host.to_string(), port);
-    }
-    match a.rsplit_once(':') {
-        // More than one colon without brackets is a bare IPv6 address.
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(p) => (host.to_string(), Some(p)),
-            Err(_) => (a.to_string(), None),
-        },
-        _ => (a.to_string(), None),
+    match addr.parse::<HostPort>() {
+        Ok(a) => (a.host().to_string(), a.port()),
+        Err(_) => (addr.trim().to_string(), None),
     }
 }
 
 /// `host:port`, bracketing IPv6 hosts.
 pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+    HostPort::new(host, port).to_string()
 }
 
 /// Normalises `--proxy`: drops a scheme and a path, adds the default web port.
@@ -124,11 +114,9 @@ pub fn normalize_proxy(addr: &str) -> Result<String, TshError> {
     let a = addr.trim();
     let a = a.strip_prefix("https://").unwrap_or(a);
     let a = a.split('/').next().unwrap_or_default();
-    let (host, port) = split_host_port(a);
-    if host.is_empty() {
-        return Err(TshError::Usage(format!("invalid proxy address {addr:?}")));
-    }
-    Ok(join_host_port(&host, port.unwrap_or(DEFAULT_WEB_PORT)))
+    let parsed = HostPort::parse_with_default(a, DEFAULT_WEB_PORT)
+        .map_err(|_| TshError::Usage(format!("invalid proxy address {addr:?}")))?;
+    Ok(parsed.to_string())
 }
 
 /// What `tsh` remembers about a login.
@@ -457,6 +445,9 @@ mod tests {
         assert_eq!(normalize_proxy("127.0.0.1:443").unwrap(), "127.0.0.1:443");
         assert_eq!(join_host_port("::1", 3023), "[::1]:3023");
         assert!(normalize_proxy("").is_err());
+        assert!(normalize_proxy(":3080").is_err());
+        assert_eq!(normalize_proxy("::1").unwrap(), "[::1]:3080");
+        assert_eq!(split_host_port("a:b:c"), ("a:b:c".into(), None));
     }
 
     fn creds_with(root_ca: &PublicKey, leaves: Vec<(String, PublicKey)>) -> Credentials {

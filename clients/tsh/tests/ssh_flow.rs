@@ -1,5 +1,7 @@
 //! Runs the `tsh` binary against an in-process fake proxy and node (russh servers) to check
 //! the SSH path: host certificates, user certificate, direct-tcpip, nested session, exit status.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake;
 

@@ -1,6 +1,6 @@
 //! Who may write which audit events through `EmitAuditEvent`, and the sender fields auth stamps on them.
 
-use portcullis_pki::x509::{TlsIdentity, system_role};
+use portcullis_pki::x509::{SystemRole, TlsIdentity};
 use serde_json::{Map, Value, json};
 
 use crate::error::AuthError;
@@ -20,7 +20,7 @@ pub const SENDER_FIELDS: &[&str] = &["server_id", "sender_role"];
 /// The event types `id` may emit: the union over its system roles.
 pub fn allowed_events(id: &TlsIdentity) -> Vec<&'static str> {
     let mut out = Vec::new();
-    for (role, events) in [(system_role::NODE, NODE_EVENTS), (system_role::AGENT, AGENT_EVENTS), (system_role::PROXY, PROXY_EVENTS)] {
+    for (role, events) in [(SystemRole::Node, NODE_EVENTS), (SystemRole::Agent, AGENT_EVENTS), (SystemRole::Proxy, PROXY_EVENTS)] {
         if id.has_system_role(role) {
             out.extend_from_slice(events);
         }
@@ -49,19 +49,19 @@ pub fn check_and_stamp(id: &TlsIdentity, event: &str, fields: &mut Map<String, V
 mod tests {
     use super::*;
 
-    fn id(name: &str, role: &str) -> TlsIdentity {
+    fn id(name: &str, role: SystemRole) -> TlsIdentity {
         TlsIdentity { name: name.into(), system_roles: vec![role.into()], cluster: "c".into(), ..Default::default() }
     }
 
     #[test]
     fn nodes_emit_only_session_events() {
-        let node = id("n1", system_role::NODE);
+        let node = id("n1", SystemRole::Node);
         let mut fields = Map::new();
         fields.insert("server_id".into(), json!("someone-else"));
         fields.insert("sender_role".into(), json!("Admin"));
         check_and_stamp(&node, "session.start", &mut fields).unwrap();
         assert_eq!(fields["server_id"], "n1", "auth overwrites the sender's claim");
-        assert_eq!(fields["sender_role"], system_role::NODE);
+        assert_eq!(fields["sender_role"], SystemRole::Node.as_str());
         let err = check_and_stamp(&node, "user.login", &mut Map::new()).unwrap_err();
         assert!(matches!(err, AuthError::AccessDenied(_)));
         assert!(err.to_string().contains("may not emit audit events of type \"user.login\""), "{err}");
@@ -70,16 +70,16 @@ mod tests {
 
     #[test]
     fn agents_and_proxies_emit_only_dials() {
-        let agent = id("agent-1", system_role::AGENT);
+        let agent = id("agent-1", SystemRole::Agent);
         check_and_stamp(&agent, "tunnel.dial", &mut Map::new()).unwrap();
         for ev in ["session.start", "user.login", "trusted_cluster.create", ""] {
             assert!(check_and_stamp(&agent, ev, &mut Map::new()).is_err(), "{ev}");
         }
-        let proxy = id("p1", system_role::PROXY);
+        let proxy = id("p1", SystemRole::Proxy);
         check_and_stamp(&proxy, "tunnel.dial", &mut Map::new()).unwrap();
         let err = check_and_stamp(&proxy, "user.login", &mut Map::new()).unwrap_err().to_string();
         assert!(err.contains("\"user.login\"") && err.contains("it may emit: tunnel.dial"), "{err}");
-        let nobody = id("u1", system_role::USER);
+        let nobody = id("u1", SystemRole::User);
         let err = check_and_stamp(&nobody, "exec", &mut Map::new()).unwrap_err().to_string();
         assert!(err.contains("it may emit: none"), "{err}");
     }

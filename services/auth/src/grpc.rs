@@ -1,15 +1,17 @@
 //! The gRPC face of the auth service: checks who is calling, then hands over to
 //! [`AuthState`]. Blocking work (argon2, sled flushes) runs off the async threads.
 
+use portcullis_access::to_proto_node;
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_pki::Secret;
-use portcullis_pki::x509::{TlsIdentity, system_role};
+use portcullis_pki::x509::{SystemRole, TlsIdentity};
 use portcullis_proto::auth::auth_server::Auth;
 use portcullis_proto::auth::*;
 use portcullis_rpc::peer_identity;
-use portcullis_types::SystemRole;
+use portcullis_types::rule::{ANY, resource, verb};
+use portcullis_types::{AccessChecker, Kind, Permission};
 use tonic::{Request, Response, Status};
 
 use crate::access::Asker;
@@ -40,21 +42,52 @@ impl AuthService {
     }
 
     /// The caller's identity, which must belong to this cluster and hold one of `roles`.
-    fn require<T>(&self, req: &Request<T>, roles: &[&str], call: &str) -> Result<TlsIdentity, Status> {
+    fn require<T>(&self, req: &Request<T>, roles: &[SystemRole], call: &str) -> Result<TlsIdentity, Status> {
+        let id = self.local_peer(req)?;
+        if !roles.iter().any(|r| id.has_system_role(*r)) {
+            return Err(not_allowed(&id, call));
+        }
+        Ok(id)
+    }
+
+    /// An admin call (`tctl`): the `Admin` identity and the system roles in `also` make it; a
+    /// user makes it when the rules of its roles grant every permission in `needs` (a deny
+    /// rule wins). The role definitions are read from the backend at call time, so an edited
+    /// role counts at once; a role's name grants nothing by itself.
+    async fn require_admin<T>(
+        &self,
+        req: &Request<T>,
+        also: &[SystemRole],
+        needs: &[Permission],
+        call: &str,
+    ) -> Result<TlsIdentity, Status> {
+        let id = self.local_peer(req)?;
+        if id.has_system_role(SystemRole::Admin) || also.iter().any(|r| id.has_system_role(*r)) {
+            return Ok(id);
+        }
+        if !id.has_system_role(SystemRole::User) {
+            return Err(not_allowed(&id, call));
+        }
+        let names = id.roles.clone();
+        // Traits are not read: rules have no templates.
+        let checker = self.blocking(move |s| Ok(AccessChecker::new(s.roles_named(&names)?, Default::default()))).await?;
+        for p in needs {
+            if let Err(e) = checker.check_permission(*p) {
+                let roles = if id.roles.is_empty() { "no roles".to_string() } else { format!("roles {}", id.roles.join(",")) };
+                tracing::info!(user = %id.name, %call, permission = %p, "admin call refused: {}", e.message);
+                return Err(Status::permission_denied(format!("user {:?} ({roles}) {}", id.name, e.message)));
+            }
+        }
+        Ok(id)
+    }
+
+    /// The verified peer identity, which must be of this cluster.
+    fn local_peer<T>(&self, req: &Request<T>) -> Result<TlsIdentity, Status> {
         let id = peer_identity(req)?;
         if id.cluster != self.state.cluster_name {
             return Err(Status::permission_denied(format!(
                 "certificate of cluster {:?} is not valid in cluster {:?}",
                 id.cluster, self.state.cluster_name
-            )));
-        }
-        let editor = id.has_system_role(system_role::USER) && id.roles.iter().any(|r| r == "editor");
-        let ok = roles.iter().any(|r| id.has_system_role(r) || (*r == system_role::ADMIN && editor));
-        if !ok {
-            return Err(Status::permission_denied(format!(
-                "{} ({}) may not call {call}",
-                id.name,
-                id.system_roles.join(",")
             )));
         }
         Ok(id)
@@ -79,6 +112,44 @@ fn remote<T>(req: &Request<T>) -> String {
 
 fn ttl(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+fn not_allowed(id: &TlsIdentity, call: &str) -> Status {
+    Status::permission_denied(format!("{} ({}) may not call {call}", id.name, id.system_roles.join(",")))
+}
+
+fn perm(kind: Kind, verb: &'static str) -> Permission {
+    Permission::new(kind.as_str(), verb)
+}
+
+/// Listing a kind, as `tctl get KIND` does: Teleport asks for both verbs.
+const fn list_read(resource: &'static str) -> [Permission; 2] {
+    [Permission::new(resource, verb::LIST), Permission::new(resource, verb::READ)]
+}
+
+/// The kind of resource a request names; one that does not parse needs the broad permission
+/// (the call then fails on the kind anyway).
+fn kind_resource(kind: Option<Kind>) -> &'static str {
+    kind.map_or(ANY, Kind::as_str)
+}
+
+/// `UpsertResource`: creating needs `create`; overwriting (`tctl create -f`) also `update`.
+fn upsert_needs(resource_json: &str, create_only: bool) -> Vec<Permission> {
+    let kind = serde_json::from_str::<serde_json::Value>(resource_json)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).and_then(|k| Kind::parse(k).ok()));
+    let resource = kind_resource(kind);
+    let mut needs = vec![Permission::new(resource, verb::CREATE)];
+    if !create_only {
+        needs.push(Permission::new(resource, verb::UPDATE));
+    }
+    needs
+}
+
+/// `GetResources`: one by name needs `read`, all of a kind `list` and `read`.
+fn get_needs(kind: &str, name: &str) -> Vec<Permission> {
+    let resource = kind_resource(Kind::parse(kind).ok());
+    if name.is_empty() { list_read(resource).to_vec() } else { vec![Permission::new(resource, verb::READ)] }
 }
 
 #[tonic::async_trait]
@@ -117,7 +188,7 @@ impl Auth for AuthService {
     }
 
     async fn authenticate_user(&self, req: Request<AuthenticateUserRequest>) -> Result<Response<UserCerts>, Status> {
-        self.require(&req, &[system_role::PROXY], "AuthenticateUser")?;
+        self.require(&req, &[SystemRole::Proxy], "AuthenticateUser")?;
         let r = req.into_inner();
         let certs = self
             .blocking(move |s| {
@@ -140,7 +211,9 @@ impl Auth for AuthService {
     }
 
     async fn generate_user_certs(&self, req: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
-        self.require(&req, &[system_role::ADMIN], "GenerateUserCerts")?;
+        // Signing for any user is as strong as (re)creating that user.
+        let needs = [perm(Kind::User, verb::CREATE), perm(Kind::User, verb::UPDATE)];
+        self.require_admin(&req, &[], &needs, "GenerateUserCerts").await?;
         let r = req.into_inner();
         let certs = self
             .blocking(move |s| {
@@ -163,14 +236,15 @@ impl Auth for AuthService {
     }
 
     async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {
-        self.require(&req, &[system_role::ADMIN], "SetPassword")?;
+        self.require_admin(&req, &[], &[perm(Kind::User, verb::UPDATE)], "SetPassword").await?;
         let r = req.into_inner();
         self.blocking(move |s| s.set_password(&r.username, &Secret::new(r.password.clone()))).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn upsert_resource(&self, req: Request<UpsertResourceRequest>) -> Result<Response<UpsertResourceResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "UpsertResource")?;
+        let needs = upsert_needs(&req.get_ref().resource_json, req.get_ref().create_only);
+        self.require_admin(&req, &[], &needs, "UpsertResource").await?;
         let r = req.into_inner();
         // A trusted_cluster needs the network (validation with the root), so it is async.
         if let Ok(value) = serde_json::from_str::<serde_json::Value>(&r.resource_json) {
@@ -193,14 +267,15 @@ impl Auth for AuthService {
     }
 
     async fn get_resources(&self, req: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
-        let caller = self.require(&req, &[system_role::ADMIN], "GetResources")?;
+        let needs = get_needs(&req.get_ref().kind, &req.get_ref().name);
+        let caller = self.require_admin(&req, &[], &needs, "GetResources").await?;
         let r = req.into_inner();
         let values = self
             .blocking(move |s| {
                 let values = s.get_resources(&r.kind, &r.name)?;
-                // A user (editor) sees only the leaf clusters its roles allow (cluster_labels).
+                // A user sees only the leaf clusters its roles allow (cluster_labels), whatever its rules.
                 let is_rc = portcullis_types::Kind::parse(&r.kind).ok() == Some(portcullis_types::Kind::RemoteCluster);
-                if is_rc && !caller.has_system_role(system_role::ADMIN) {
+                if is_rc && !caller.has_system_role(SystemRole::Admin) {
                     let checker = s.user_checker(&caller)?;
                     return Ok(values
                         .into_iter()
@@ -218,14 +293,15 @@ impl Auth for AuthService {
     }
 
     async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<Empty>, Status> {
-        self.require(&req, &[system_role::ADMIN], "DeleteResource")?;
+        let needs = [Permission::new(kind_resource(Kind::parse(&req.get_ref().kind).ok()), verb::DELETE)];
+        self.require_admin(&req, &[], &needs, "DeleteResource").await?;
         let r = req.into_inner();
         self.blocking(move |s| s.delete_resource(&r.kind, &r.name).map(|_| ())).await?;
         Ok(Response::new(Empty {}))
     }
 
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "CreateToken")?;
+        self.require_admin(&req, &[], &[perm(Kind::Token, verb::CREATE)], "CreateToken").await?;
         let r = req.into_inner();
         let roles = r
             .roles
@@ -245,7 +321,7 @@ impl Auth for AuthService {
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY], "Heartbeat")?;
+        let id = self.require(&req, &[SystemRole::Node, SystemRole::Proxy], "Heartbeat")?;
         // Where the node is dialled and what it may be called come from the connection and
         // the certificate, never from the request alone (see nodes.rs).
         let seen = crate::nodes::Observed::new(req.remote_addr().map(|a| a.ip()), id.dns_names.clone());
@@ -256,7 +332,7 @@ impl Auth for AuthService {
                 id.name, r.host_id
             )));
         }
-        let wants_kind = if id.has_system_role(system_role::PROXY) { "proxy" } else { "node" };
+        let wants_kind = if id.has_system_role(SystemRole::Proxy) { "proxy" } else { "node" };
         if r.kind != wants_kind {
             return Err(Status::permission_denied(format!("a {wants_kind} may not announce itself as a {}", r.kind)));
         }
@@ -271,7 +347,8 @@ impl Auth for AuthService {
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        self.require(&req, &[system_role::PROXY, system_role::AGENT, system_role::ADMIN], "ListNodes")?;
+        let (also, needs) = ([SystemRole::Proxy, SystemRole::Agent], list_read(Kind::Node.as_str()));
+        self.require_admin(&req, &also, &needs, "ListNodes").await?;
         let r = req.into_inner();
         let user = self.state.verify_user_tls(&r.user_tls_cert)?;
         let want: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
@@ -286,7 +363,7 @@ impl Auth for AuthService {
     }
 
     async fn resolve_node(&self, req: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
-        self.require(&req, &[system_role::PROXY, system_role::AGENT], "ResolveNode")?;
+        self.require(&req, &[SystemRole::Proxy, SystemRole::Agent], "ResolveNode")?;
         let r = req.into_inner();
         let node = self.blocking(move |s| s.resolve_node(&r.host, r.port)).await?;
         Ok(Response::new(ResolveNodeResponse { node: Some(to_proto_node(node, &self.state.cluster_name)) }))
@@ -294,11 +371,11 @@ impl Auth for AuthService {
 
     async fn authorize_ssh(&self, req: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
         // Agents ask on behalf of the root proxy, to explain a refusal (never for themselves).
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "AuthorizeSsh")?;
+        let id = self.require(&req, &[SystemRole::Node, SystemRole::Proxy, SystemRole::Agent], "AuthorizeSsh")?;
         let r = req.into_inner();
         let resp = self
             .blocking(move |s| {
-                if id.has_system_role(system_role::NODE) {
+                if id.has_system_role(SystemRole::Node) {
                     s.authorize_ssh(&r, Asker::Node { host_id: &id.name })
                 } else {
                     s.authorize_ssh(&r, Asker::Proxy)
@@ -315,7 +392,7 @@ impl Auth for AuthService {
     }
 
     async fn emit_audit_event(&self, req: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "EmitAuditEvent")?;
+        let id = self.require(&req, &[SystemRole::Node, SystemRole::Proxy, SystemRole::Agent], "EmitAuditEvent")?;
         let r = req.into_inner();
         let mut v: serde_json::Value = serde_json::from_str(&r.event_json)
             .map_err(|e| Status::invalid_argument(format!("audit event is not JSON: {e}")))?;
@@ -336,14 +413,15 @@ impl Auth for AuthService {
     }
 
     async fn search_audit_events(&self, req: Request<SearchAuditEventsRequest>) -> Result<Response<SearchAuditEventsResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "SearchAuditEvents")?;
+        self.require_admin(&req, &[], &list_read(resource::EVENT), "SearchAuditEvents").await?;
         let r = req.into_inner();
         let events = self.blocking(move |s| s.audit.search(&r.event_type, r.limit as usize)).await?;
         Ok(Response::new(SearchAuditEventsResponse { events_json: events.iter().map(|e| e.to_string()).collect() }))
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "Status")?;
+        // A summary of everything (CAs, node and user counts): the broad permission.
+        self.require_admin(&req, &[], &[Permission::new(ANY, verb::READ)], "Status").await?;
         let s = &self.state;
         let pin = portcullis_pki::x509::ca_pin(s.tls_ca.cert_pem()).map_err(AuthError::from)?;
         let nodes = s.list_nodes()?.len() as u32;
@@ -366,7 +444,7 @@ impl Auth for AuthService {
         &self,
         req: Request<ValidateTrustedClusterRequest>,
     ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
-        self.require(&req, &[system_role::PROXY], "ValidateTrustedCluster")?;
+        self.require(&req, &[SystemRole::Proxy], "ValidateTrustedCluster")?;
         let r = req.into_inner();
         tracing::info!(leaf = %r.leaf_cluster_name, remote = %r.remote_addr, "trusted cluster validation request");
         let resp = self.blocking(move |s| s.validate_trusted_cluster(&r)).await?;
@@ -374,7 +452,7 @@ impl Auth for AuthService {
     }
 
     async fn report_tunnels(&self, req: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
-        let id = self.require(&req, &[system_role::PROXY], "ReportTunnels")?;
+        let id = self.require(&req, &[SystemRole::Proxy], "ReportTunnels")?;
         let r = req.into_inner();
         if r.proxy_id != id.name {
             return Err(Status::permission_denied(format!("proxy {} may not report for {}", id.name, r.proxy_id)));
@@ -388,7 +466,8 @@ impl Auth for AuthService {
         &self,
         req: Request<ListRemoteClustersRequest>,
     ) -> Result<Response<ListRemoteClustersResponse>, Status> {
-        let caller = self.require(&req, &[system_role::PROXY, system_role::ADMIN], "ListRemoteClusters")?;
+        let needs = list_read(Kind::RemoteCluster.as_str());
+        let caller = self.require_admin(&req, &[SystemRole::Proxy], &needs, "ListRemoteClusters").await?;
         let r = req.into_inner();
         let resp = self
             .blocking(move |s| {
@@ -397,7 +476,7 @@ impl Auth for AuthService {
                     return s.remote_clusters_for(Some(&checker), &r.name);
                 }
                 if r.user_tls_cert.is_empty() {
-                    if !caller.has_system_role(system_role::ADMIN) {
+                    if !caller.has_system_role(SystemRole::Admin) {
                         return Err(AuthError::bad("a proxy must name the user (user_tls_cert)"));
                     }
                     return s.remote_clusters_for(None, &r.name);
@@ -411,7 +490,7 @@ impl Auth for AuthService {
     }
 
     async fn list_user_locks(&self, req: Request<ListUserLocksRequest>) -> Result<Response<ListUserLocksResponse>, Status> {
-        self.require(&req, &[system_role::ADMIN], "ListUserLocks")?;
+        self.require_admin(&req, &[], &list_read(resource::LOCK), "ListUserLocks").await?;
         let (locks, admin) = self.blocking(|s| Ok((s.list_user_locks()?, s.admin_locks()?))).await?;
         let locks = locks
             .into_iter()
@@ -434,7 +513,8 @@ impl Auth for AuthService {
     }
 
     async fn unlock_user(&self, req: Request<UnlockUserRequest>) -> Result<Response<UnlockUserResponse>, Status> {
-        let caller = self.require(&req, &[system_role::ADMIN], "UnlockUser")?;
+        let needs = [Permission::new(resource::LOCK, verb::DELETE)];
+        let caller = self.require_admin(&req, &[], &needs, "UnlockUser").await?;
         let r = req.into_inner();
         if r.username.trim().is_empty() {
             return Err(Status::invalid_argument("the user name is empty"));
@@ -444,7 +524,8 @@ impl Auth for AuthService {
     }
 
     async fn lock_user(&self, req: Request<LockUserRequest>) -> Result<Response<Empty>, Status> {
-        let caller = self.require(&req, &[system_role::ADMIN], "LockUser")?;
+        let needs = [Permission::new(resource::LOCK, verb::CREATE), Permission::new(resource::LOCK, verb::UPDATE)];
+        let caller = self.require_admin(&req, &[], &needs, "LockUser").await?;
         let r = req.into_inner();
         self.blocking(move |s| s.lock_user(&r.username, ttl(r.ttl_seconds), &r.message, &caller.name)).await?;
         Ok(Response::new(Empty {}))
@@ -454,9 +535,9 @@ impl Auth for AuthService {
         &self,
         req: Request<WatchAccessRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<AccessSnapshotMessage>>, Status> {
-        let id = self.require(&req, &[system_role::NODE, system_role::PROXY, system_role::AGENT], "WatchAccess")?;
+        let id = self.require(&req, &[SystemRole::Node, SystemRole::Proxy, SystemRole::Agent], "WatchAccess")?;
         // Nodes decide only about themselves: they get no node list.
-        let with_nodes = id.has_system_role(system_role::PROXY) || id.has_system_role(system_role::AGENT);
+        let with_nodes = id.has_system_role(SystemRole::Proxy) || id.has_system_role(SystemRole::Agent);
         Ok(Response::new(Box::pin(self.access_hub.stream(with_nodes))))
     }
 
@@ -464,20 +545,10 @@ impl Auth for AuthService {
         &self,
         req: Request<ListTrustedClustersRequest>,
     ) -> Result<Response<ListTrustedClustersResponse>, Status> {
-        self.require(&req, &[system_role::AGENT, system_role::ADMIN], "ListTrustedClusters")?;
+        let needs = list_read(Kind::TrustedCluster.as_str());
+        self.require_admin(&req, &[SystemRole::Agent], &needs, "ListTrustedClusters").await?;
         let clusters = self.blocking(|s| s.trusted_cluster_targets()).await?;
         Ok(Response::new(ListTrustedClustersResponse { clusters }))
     }
 }
 
-fn to_proto_node(n: portcullis_types::Node, cluster: &str) -> Node {
-    Node {
-        id: n.metadata.name,
-        hostname: n.spec.hostname,
-        addr: n.spec.addr,
-        labels: n.metadata.labels.into_iter().collect(),
-        expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
-        cluster: cluster.to_string(),
-        tunnel: n.spec.use_tunnel,
-    }
-}

@@ -1,4 +1,5 @@
 //! `portcullis-auth`: the cluster's auth service.
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -39,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
             let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
             let result =
-                portcullis_auth::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+                portcullis_auth::run_with_diag(settings, listener, diag, portcullis_telemetry::shutdown_signal()).await;
             telemetry.shutdown_async().await;
             result?;
         }

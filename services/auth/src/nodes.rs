@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use portcullis_proto::auth::HeartbeatRequest;
 use portcullis_storage::BackendExt;
-use portcullis_types::Node;
+use portcullis_types::{HostPort, Node};
 use time::OffsetDateTime;
 
 use crate::error::AuthError;
@@ -324,7 +324,9 @@ pub fn node_addr(
     resolve: &dyn Fn(&str, u16) -> Vec<IpAddr>,
 ) -> Result<(String, Option<String>), AuthError> {
     let peer = peer.to_canonical();
-    let (host, port) = split_host_port(announced).ok_or_else(|| {
+    let parsed = announced.parse::<HostPort>().ok();
+    let host_port = parsed.as_ref().and_then(|a| a.port().filter(|p| *p != 0).map(|p| (a.host(), p)));
+    let (host, port) = host_port.ok_or_else(|| {
         AuthError::bad(format!("node address {announced:?} is not HOST:PORT with a port from 1 to 65535"))
     })?;
     let observed = SocketAddr::new(peer, port).to_string();
@@ -356,18 +358,6 @@ pub fn node_addr(
             Ok((observed, Some(warning)))
         }
     }
-}
-
-/// `host:port` or `[v6]:port` with a non-zero port.
-fn split_host_port(addr: &str) -> Option<(&str, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let host = match host.strip_prefix('[') {
-        Some(h) => h.strip_suffix(']')?,
-        None if host.contains(':') => return None,
-        None => host,
-    };
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    (!host.is_empty()).then_some((host, port))
 }
 
 #[cfg(test)]

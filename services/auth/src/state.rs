@@ -11,7 +11,7 @@ use portcullis_config::{AuthSettings, StaticToken, StorageSettings};
 use portcullis_pki::datadir;
 use portcullis_pki::kek::{Kek, KekError};
 use portcullis_pki::ssh::SshCa;
-use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, SystemRole, TlsCa, TlsCertRequest};
 use portcullis_pki::{Identity, PkiError, Secret};
 use portcullis_storage::{Backend, BackendExt, PostgresBackend, SledBackend, StorageError};
 use serde::{Deserialize, Serialize};
@@ -404,7 +404,7 @@ impl AuthState {
         let cert = self.issue_tls(TlsCertRequest {
             public_key_der: x509::public_key_der(&key),
             name: "auth".into(),
-            system_roles: vec![system_role::AUTH.into()],
+            system_roles: vec![SystemRole::Auth.into()],
             dns_names: names,
             ttl: Duration::from_secs(365 * 24 * 3600),
             ..Default::default()
@@ -418,7 +418,7 @@ impl AuthState {
         let cert = self.issue_tls(TlsCertRequest {
             public_key_der: x509::public_key_der(&key),
             name: "admin".into(),
-            system_roles: vec![system_role::ADMIN.into()],
+            system_roles: vec![SystemRole::Admin.into()],
             ttl: Duration::from_secs(365 * 24 * 3600),
             ..Default::default()
         })?;
@@ -426,7 +426,7 @@ impl AuthState {
             self.cluster_name.clone(),
             "admin".into(),
             String::new(),
-            system_role::ADMIN.into(),
+            SystemRole::Admin.into(),
             cert,
             Secret::new(key.serialize_pem()),
             vec![self.tls_ca.cert_pem().to_string()],

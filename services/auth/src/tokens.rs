@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use portcullis_pki::ssh::{self, HostCertRequest};
-use portcullis_pki::x509::{self, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, TlsCertRequest};
 use portcullis_pki::{random_hex, Secret};
 use portcullis_proto::auth::{JoinRequest, JoinResponse};
 use portcullis_storage::BackendExt;
-use portcullis_types::{Node, ProvisionToken, SystemRole};
+use portcullis_types::{HostPort, Node, ProvisionToken, SystemRole};
 use serde_json::json;
 
 use crate::error::AuthError;
@@ -133,10 +133,11 @@ impl AuthState {
     /// The join call: a token buys a TLS identity and an SSH host certificate.
     pub fn join(&self, req: &JoinRequest, remote_addr: &str) -> Result<JoinResponse, AuthError> {
         let (wanted, cert_role) = match req.role.as_str() {
-            "node" => (vec![SystemRole::Node], system_role::NODE),
-            "proxy" => (vec![SystemRole::Proxy], system_role::PROXY),
-            // The tunnel agent joins its own cluster with a proxy token (SPEC §1).
-            "agent" => (vec![SystemRole::Proxy, SystemRole::Agent], system_role::AGENT),
+            "node" => (vec![SystemRole::Node], SystemRole::Node),
+            "proxy" => (vec![SystemRole::Proxy], SystemRole::Proxy),
+            // The tunnel agent joins its own (leaf) cluster with a proxy token: it is the
+            // leaf's side of the tunnel a proxy would run in Teleport.
+            "agent" => (vec![SystemRole::Proxy, SystemRole::Agent], SystemRole::Agent),
             other => return Err(AuthError::bad(format!("cannot join as {other:?}: expected node, proxy or agent"))),
         };
         let token = Secret::new(req.token.clone());
@@ -176,7 +177,7 @@ impl AuthState {
         })?;
         // The role's fixed names are added here, by auth, and never taken from the caller.
         let mut dns_names = vec![req.nodename.clone(), host_id.clone()];
-        if cert_role == system_role::PROXY {
+        if cert_role == SystemRole::Proxy {
             dns_names.push(portcullis_pki::x509::PROXY_SERVER_NAME.into());
         }
         let tls_cert_pem = self.issue_tls(TlsCertRequest {
@@ -271,7 +272,7 @@ impl AuthState {
                         kind,
                         host_id: n.metadata.name.clone(),
                         nodename: n.spec.hostname.clone(),
-                        addr_host: addr_host(&n.spec.addr).to_string(),
+                        addr_host: addr_host(&n.spec.addr),
                     });
                 }
             }
@@ -292,7 +293,7 @@ impl AuthState {
     fn check_names(
         &self,
         req: &JoinRequest,
-        cert_role: &str,
+        cert_role: SystemRole,
         host_id: &str,
         remote_addr: &str,
     ) -> Result<Vec<String>, AuthError> {
@@ -302,7 +303,7 @@ impl AuthState {
         };
         // A proxy is the cluster's front door: users often reach it by the cluster's name, so
         // it may carry that name as a principal; no other host may.
-        let cluster_name_ok = |principal: bool| principal && cert_role == system_role::PROXY;
+        let cluster_name_ok = |principal: bool| principal && cert_role == SystemRole::Proxy;
         // Users trust each leaf's host CA for `*.<leaf>` (tsh's known_hosts): a host of this
         // cluster named under a leaf's name could be vouched for by that leaf's CA.
         let leaves: Vec<String> =
@@ -347,9 +348,9 @@ impl AuthState {
 
         let holders = self.live_holders()?;
         // Re-join of a live host id: allowed only as that same host.
-        let kind = if cert_role == system_role::PROXY { "proxy" } else { "node" };
+        let kind = if cert_role == SystemRole::Proxy { "proxy" } else { "node" };
         if let Some(h) = holders.iter().find(|h| h.host_id.eq_ignore_ascii_case(host_id))
-            && (cert_role == system_role::AGENT || h.kind != kind || !h.nodename.eq_ignore_ascii_case(nodename))
+            && (cert_role == SystemRole::Agent || h.kind != kind || !h.nodename.eq_ignore_ascii_case(nodename))
         {
             return Err(refuse(
                 "host id",
@@ -366,7 +367,7 @@ impl AuthState {
             let ip = n.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
             // An agent may share its host (and so its host name) with a proxy: both join with
             // proxy tokens, and the agent serves nothing under that name.
-            let peers = |h: &&Holder| cert_role == system_role::AGENT && h.kind == "proxy";
+            let peers = |h: &&Holder| cert_role == SystemRole::Agent && h.kind == "proxy";
             holders.iter().filter(|h| !h.host_id.eq_ignore_ascii_case(host_id) && !peers(h)).find(|h| {
                 forms(&h.host_id).contains(&n)
                     || (!h.nodename.is_empty() && forms(&h.nodename).contains(&n))
@@ -420,11 +421,8 @@ impl AuthState {
     }
 }
 
-/// The host part of `host:port` (or of a bare host), brackets removed.
-fn addr_host(addr: &str) -> &str {
-    let host = match addr.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => addr,
-    };
-    host.trim_matches(|c| c == '[' || c == ']')
+/// The host part of `host:port` (or of a bare host), brackets removed; empty when `addr` is
+/// not an address (it is only compared with IP addresses).
+fn addr_host(addr: &str) -> String {
+    addr.parse::<HostPort>().map(|a| a.host().to_string()).unwrap_or_default()
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::error::AuthError;
 use crate::state::{AuthState, Change, atomic_update, create_json, now, to_json};
 
-/// The exact text a leaf sees when its token is refused (SPEC §7).
+/// The exact text a leaf sees when its token is refused (Teleport's, which guides quote).
 pub const TOKEN_REJECTED: &str = "access denied: the cluster token has been rejected";
 
 /// The public CAs of another cluster, as stored.

@@ -1,12 +1,12 @@
 //! Leaf side of establishing trust: the HTTPS call to the root proxy's
-//! `/webapi/trustedclusters/validate`, with the error texts SPEC §7 fixes.
+//! `/webapi/trustedclusters/validate`, with Teleport's error texts (scripts and guides match
+//! them).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_proto::auth::CertAuthorities;
 use portcullis_types::TrustedCluster;
-use serde::{Deserialize, Serialize};
+use portcullis_types::webapi::{self, CertAuthorities, ErrorBody, Secret, ValidateRequest, ValidateResponse};
 
 use crate::error::AuthError;
 use crate::state::AuthState;
@@ -14,27 +14,6 @@ use crate::trust::{ClusterCas, TOKEN_REJECTED};
 
 /// The exact text for a root proxy whose HTTPS certificate cannot be verified.
 pub const MISCONFIGURED_TLS: &str = "the trusted cluster uses misconfigured HTTP/TLS certificate";
-
-/// Body of `POST /webapi/trustedclusters/validate`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ValidateRequest {
-    pub token: String,
-    pub cluster_name: String,
-    /// The proto type doubles as the JSON shape.
-    pub cas: CertAuthorities,
-}
-
-/// Answer of `POST /webapi/trustedclusters/validate`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ValidateResponse {
-    pub cluster_name: String,
-    pub cas: CertAuthorities,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-}
 
 fn tls_config(state: &AuthState) -> Result<rustls::ClientConfig, AuthError> {
     let provider = portcullis_rpc::crypto_provider();
@@ -44,7 +23,7 @@ fn tls_config(state: &AuthState) -> Result<rustls::ClientConfig, AuthError> {
     let cfg = if state.insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(portcullis_rpc::verify::InsecureVerifier))
+            .with_custom_certificate_verifier(Arc::new(portcullis_pki::verify::InsecureAcceptAnyServer::dangerously_new()))
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
@@ -82,12 +61,13 @@ impl AuthState {
             .timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| AuthError::Internal(format!("HTTPS client: {e}")))?;
+        let own = self.own_cas()?;
         let body = ValidateRequest {
-            token: tc.spec.token.clone(),
+            token: Secret::new(tc.spec.token.clone()),
             cluster_name: self.cluster_name.clone(),
-            cas: self.own_cas()?,
+            cas: CertAuthorities { tls_ca_pem: own.tls_ca_pem, ssh_user_ca: own.ssh_user_ca, ssh_host_ca: own.ssh_host_ca },
         };
-        let url = format!("https://{addr}/webapi/trustedclusters/validate");
+        let url = format!("https://{addr}{}", webapi::VALIDATE_PATH);
         tracing::debug!(%url, "asking the root cluster to trust this cluster");
         let resp = client.post(&url).json(&body).send().await.map_err(|e| {
             let text = chain(&e);
@@ -102,7 +82,7 @@ impl AuthState {
         if !status.is_success() {
             let msg = resp.json::<ErrorBody>().await.map(|b| b.error).unwrap_or_else(|_| status.to_string());
             tracing::warn!(%addr, %status, reason = %msg, "the root cluster refused to trust this cluster");
-            // Only the root's token refusal becomes SPEC §7's fixed text; other refusals
+            // Only the root's token refusal becomes the fixed `TOKEN_REJECTED` text; other refusals
             // (a name already used, a token bound to another leaf) keep their reason.
             if msg.contains(TOKEN_REJECTED) || (status.as_u16() == 401 && msg.contains("token")) {
                 return Err(AuthError::denied(TOKEN_REJECTED));
@@ -119,7 +99,8 @@ impl AuthState {
                 answer.cluster_name, tc.metadata.name
             )));
         }
-        Ok(ClusterCas::from_proto(&answer.cas))
+        let cas = answer.cas;
+        Ok(ClusterCas { tls: cas.tls_ca_pem, ssh_user: cas.ssh_user_ca, ssh_host: cas.ssh_host_ca, active: true })
     }
 
     /// `tctl create` of a trusted_cluster: establish trust first when it is new (or was

@@ -4,18 +4,22 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use portcullis_pki::ssh::{self, UserCertRequest};
-use portcullis_pki::x509::{TlsCertRequest, system_role};
+use portcullis_pki::x509::{SystemRole, TlsCertRequest};
 use portcullis_pki::Secret;
 use portcullis_proto::auth::UserCerts;
 use portcullis_storage::BackendExt;
-use portcullis_types::{AccessChecker, Role, User, preset_roles};
+use portcullis_types::{AccessChecker, Role, User, editor_rules, preset_roles};
 use serde_json::json;
 
 use crate::error::AuthError;
 use crate::lockout::{UserLock, format_utc, locked_message};
-use crate::state::AuthState;
+use crate::state::{AuthState, Change, atomic_update, create_json, to_json};
 
-/// Certificates are valid this long unless asked otherwise (SPEC §6).
+/// Present once the stored `editor` role carries the preset's rules (see
+/// `AuthState::give_editor_its_rules`).
+const KEY_EDITOR_RULES_GIVEN: &str = "migrations/editor_rules";
+
+/// Certificates are valid this long unless asked otherwise (Teleport's default).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Without a role's `max_session_ttl`, no certificate outlives this.
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(30 * 3600);
@@ -48,8 +52,32 @@ impl AuthState {
         // Created only if absent: a replica starting never overwrites an edited preset role
         // another replica's admin just saved.
         for role in preset_roles() {
-            crate::state::create_json(self.backend.as_ref(), &role_key(role.name()), &role)?;
+            create_json(self.backend.as_ref(), &role_key(role.name()), &role)?;
         }
+        self.give_editor_its_rules()
+    }
+
+    /// Admin calls used to be allowed to whoever held a role named `editor`, and clusters
+    /// stored that preset without rules; now its rules decide. Once per cluster (a marker
+    /// records it) the stored `editor` gets the preset's rules added, so its holders keep
+    /// every right they had; later edits, even emptying the rules, are obeyed.
+    fn give_editor_its_rules(&self) -> Result<(), AuthError> {
+        if self.backend.get(KEY_EDITOR_RULES_GIVEN)?.is_some() {
+            return Ok(());
+        }
+        atomic_update(self.backend.as_ref(), &role_key("editor"), |current| {
+            let Some(bytes) = current else { return Ok(Change::Keep(())) };
+            let mut role: Role = serde_json::from_slice(bytes)
+                .map_err(|e| AuthError::Internal(format!("stored role \"editor\" is unreadable: {e}")))?;
+            let missing: Vec<_> = editor_rules().into_iter().filter(|r| !role.spec.allow.rules.contains(r)).collect();
+            if missing.is_empty() {
+                return Ok(Change::Keep(()));
+            }
+            tracing::info!("role \"editor\" gets the preset's rules: admin calls are decided by rules now");
+            role.spec.allow.rules.extend(missing);
+            Ok(Change::Put(to_json(&role)?, ()))
+        })?;
+        create_json(self.backend.as_ref(), KEY_EDITOR_RULES_GIVEN, &json!({"given": true}))?;
         Ok(())
     }
 
@@ -233,7 +261,7 @@ impl AuthState {
         let tls_cert_pem = self.issue_tls(TlsCertRequest {
             public_key_der: params.tls_public_key.to_vec(),
             name: user.name().to_string(),
-            system_roles: vec![system_role::USER.into()],
+            system_roles: vec![SystemRole::User.into()],
             roles: role_names,
             traits,
             route_to_cluster: route.to_string(),
@@ -249,5 +277,45 @@ impl AuthState {
             cluster_name: self.cluster_name.clone(),
             leaf_host_cas: self.leaf_host_cas()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use portcullis_config::{AuthSettings, CommonFlags, FileConfig};
+    use portcullis_storage::MemoryBackend;
+    use portcullis_types::RoleSpec;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path, backend: Arc<MemoryBackend>) -> AuthState {
+        let yaml = format!("teleport:\n  data_dir: {}\nauth_service:\n  cluster_name: rules.example.com\n", dir.display());
+        let settings = AuthSettings::from_parts(&FileConfig::from_yaml(&yaml).unwrap(), &CommonFlags::default()).unwrap();
+        AuthState::open(&settings, backend).unwrap()
+    }
+
+    #[test]
+    fn an_editor_stored_without_rules_gets_the_preset_rules_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(MemoryBackend::new());
+        // A cluster from before rules decided admin calls: `editor` stored without any.
+        let old = Role::new("editor", RoleSpec::default());
+        backend.put_json(&role_key("editor"), &old).unwrap();
+        let state = open(dir.path(), backend.clone());
+        assert_eq!(state.get_role("editor").unwrap().unwrap().spec.allow.rules, editor_rules());
+        // The admin empties the rules; a restart must not give them back.
+        state.put_role(&old).unwrap();
+        drop(state);
+        let state = open(dir.path(), backend);
+        assert!(state.get_role("editor").unwrap().unwrap().spec.allow.rules.is_empty());
+    }
+
+    #[test]
+    fn a_new_cluster_stores_the_editor_with_its_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), Arc::new(MemoryBackend::new()));
+        assert_eq!(state.get_role("editor").unwrap().unwrap().spec.allow.rules, editor_rules());
     }
 }

@@ -2,6 +2,8 @@
 //! could interleave is atomic in the backend. Every test runs many threads over two
 //! `AuthState`s sharing a memory or a sled backend, and two on their own connections to
 //! one throwaway PostgreSQL server (when PostgreSQL is installed), and counts winners.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};

@@ -5,6 +5,8 @@
 //!
 //! On a memory backend always; on a throwaway PostgreSQL server when PostgreSQL is
 //! installed, else skipped with a notice unless `CI=true`, where that is a failure.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use portcullis_access::AccessCache;
 use portcullis_config::NodeSettings;
 use portcullis_pki::Identity;
+use portcullis_types::HostPort;
 use portcullis_pki::ssh::{parse_certificate, parse_private_key};
 use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
@@ -48,16 +49,9 @@ pub const ACCESS_CACHE_FILE: &str = "access-cache.json";
 /// How long open connections get to close when the node stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// The host part of `host:port` (`[v6]:port` too); the whole string when it has no port.
+/// The host part of `host:port` (`[v6]:port` too); the whole string when it is no address.
 fn host_of(addr: &str) -> String {
-    let a = addr.trim();
-    if let Some(rest) = a.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest).to_string();
-    }
-    match a.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h.to_string(),
-        _ => a.to_string(),
-    }
+    addr.parse::<HostPort>().map_or_else(|_| addr.trim().to_string(), |a| a.host().to_string())
 }
 
 /// The address clients and proxies should dial: 127.0.0.1 stands for a wildcard bind.

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_config::{CommonFlags, NodeSettings};
+use portcullis_types::HostPort;
 
 #[derive(Parser)]
 #[command(name = "portcullis-node", about = "Portcullis node: the SSH server of one host")]
@@ -31,7 +32,7 @@ struct StartArgs {
     listen_addr: Option<std::net::SocketAddr>,
     /// Address clients and proxies dial, host[:port] (ssh_service.public_addr).
     #[arg(long = "public-addr")]
-    public_addr: Option<String>,
+    public_addr: Option<HostPort>,
 }
 
 #[tokio::main]
@@ -47,13 +48,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn start(args: StartArgs) -> anyhow::Result<()> {
     use portcullis_config::ports;
-    use portcullis_config::settings::with_default_port;
     let mut settings = NodeSettings::load(&args.common)?;
     if let Some(a) = args.listen_addr {
         settings.listen_addr = a;
     }
     if let Some(a) = args.public_addr {
-        settings.public_addr = Some(with_default_port(&a, ports::NODE_SSH));
+        settings.public_addr = Some(a.with_default_port(ports::NODE_SSH).to_string());
     }
     let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "node");
     let telemetry = portcullis_telemetry::init_service("portcullis-node", &settings.common, attrs);
@@ -62,7 +62,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for SSH on {}", settings.listen_addr))?;
     let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
-    let result = portcullis_node::run_with_diag(settings, listener, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+    let result = portcullis_node::run_with_diag(settings, listener, diag, portcullis_telemetry::shutdown_signal()).await;
     telemetry.shutdown_async().await;
     result?;
     Ok(())

@@ -92,12 +92,12 @@ async fn routing_goes_on_from_the_cache_after_auth_dies_and_after_a_restart() {
     // Auth dies: the stream breaks, the cache goes stale but keeps answering.
     server.abort();
     wait_until("the cache notices auth is gone", || matches!(cache.status(), CacheStatus::Stale { .. })).await;
-    let n = state.router.resolve("node-1", 0).await.unwrap();
+    let n = state.sites.local_site().resolve("node-1", 0).await.unwrap();
     assert_eq!((n.id.as_str(), n.addr.as_str(), n.cluster.as_str()), ("node-uuid-1", "127.0.0.1:40222", CLUSTER));
     // `ssh -J proxy 127.0.0.1` asks for port 22: the node's own port is found all the same.
-    assert_eq!(state.router.resolve("127.0.0.1", 22).await.unwrap().id, "node-uuid-1");
+    assert_eq!(state.sites.local_site().resolve("127.0.0.1", 22).await.unwrap().id, "node-uuid-1");
     // An unknown host is "not found", not an auth failure.
-    let e = state.router.resolve("nope", 0).await.unwrap_err();
+    let e = state.sites.local_site().resolve("nope", 0).await.unwrap_err();
     assert!(matches!(e, RouteError::NodeNotFound { .. }), "{e}");
     state.router.authorize_cluster("leaf-a", &alice_cert(&ca)).await.unwrap();
     assert!(fake.resolved.lock().unwrap().iter().all(|(h, _)| h == "nope"), "only the unknown host may reach auth");
@@ -112,7 +112,7 @@ async fn routing_goes_on_from_the_cache_after_auth_dies_and_after_a_restart() {
     assert_eq!(restarted.current().map(|s| s.revision), Some(7));
     assert!(matches!(restarted.status(), CacheStatus::Stale { .. }), "{:?}", restarted.status());
     let state = testutil::state_with_access(Some(addr), restarted);
-    assert_eq!(state.router.resolve("node-1", 0).await.unwrap().addr, "127.0.0.1:40222");
+    assert_eq!(state.sites.local_site().resolve("node-1", 0).await.unwrap().addr, "127.0.0.1:40222");
     // A file kept for another cluster is not trusted.
     let other = AccessCache::start_for_cluster(testutil::auth_client(addr), file, "other.example.com");
     assert!(other.current().is_none());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use portcullis_proto::auth::{HeartbeatRequest, ReportTunnelsRequest};
 
+use crate::drain::Drain;
 use crate::state::{ProxyState, auth_call};
 
 /// Time between heartbeats (also the tunnel heartbeat: leaves go offline 3 intervals late).
@@ -29,22 +30,25 @@ pub struct Announcement {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-/// Sends heartbeats forever (the first one at once); the caller aborts the task to stop.
-pub async fn run(state: Arc<ProxyState>, ann: Announcement) {
+/// Sends heartbeats (the first one at once) until `drain` fires.
+pub async fn run(state: Arc<ProxyState>, ann: Announcement, drain: Drain) {
+    let draining = drain.draining();
+    tokio::pin!(draining);
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
     let mut last_beat = tokio::time::Instant::now();
     loop {
         let beat = tokio::select! {
+            _ = &mut draining => return,
             _ = tick.tick() => true,
-            _ = state.tunnels.refresh_wanted() => {
+            _ = state.sites.hub().refresh_wanted() => {
                 // Several wake-ups in a row (agents of a brand-new leaf) cost one call.
                 let wait = MIN_REFRESH_GAP.saturating_sub(last_beat.elapsed()).max(DEBOUNCE);
                 tokio::time::sleep(wait).await;
                 true
             }
-            _ = state.tunnels.changed() => {
+            _ = state.sites.hub().changed() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 false
             }
@@ -83,7 +87,7 @@ async fn heartbeat(state: &ProxyState, ann: &Announcement, was_healthy: bool) ->
             if let Some(cas) = &resp.cas {
                 state.update_cas(cas);
             }
-            state.tunnels.apply_heartbeat(&resp.leaf_cas, &resp.proxies);
+            state.sites.hub().apply_heartbeat(&resp.leaf_cas, &resp.proxies);
             true
         }
         Err(s) => {
@@ -101,7 +105,7 @@ async fn heartbeat(state: &ProxyState, ann: &Announcement, was_healthy: bool) ->
 /// Tells auth how many tunnels this proxy holds from each trusted leaf (0 included, so a
 /// leaf whose tunnels dropped turns offline without waiting for the old report to age).
 async fn report_tunnels(state: &ProxyState) {
-    let tunnels = state.tunnels.tunnel_counts().await;
+    let tunnels = state.sites.hub().tunnel_counts();
     state.metrics.set_tunnels(&tunnels);
     if tunnels.is_empty() {
         return;

@@ -2,10 +2,13 @@
 //! server for leaf clusters.
 #![forbid(unsafe_code)]
 
+pub mod auth_rpc;
+pub mod drain;
 pub mod error;
 pub mod heartbeat;
 pub mod metrics;
 pub mod route;
+pub mod site;
 pub mod ssh;
 pub mod state;
 pub mod tunnel;
@@ -26,7 +29,7 @@ use portcullis_pki::x509::AUTH_SERVER_NAME;
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_rpc::ClientTls;
 use portcullis_rpc::join::join_or_load;
-use tokio::sync::watch;
+use portcullis_types::HostPort;
 
 pub use error::ProxyError;
 pub use state::ProxyState;
@@ -99,63 +102,64 @@ pub async fn run(
         labels: settings.common.labels.clone(),
     };
     let hub = tunnel::Hub::start(&id.cluster_name, &id.name, &announcement.tunnel_addr, Default::default())?;
-    let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(probes.ready.clone()));
-    let state = ProxyState::new(
-        id.cluster_name.clone(),
-        id.name.clone(),
-        settings.common.nodename.clone(),
-        AuthClient::new(channel),
-        cas,
-        verifier.clone(),
-        addrs,
-        hub.clone(),
-    );
+    // The parts in dependency order: each is complete when the next one takes it.
+    let auth = AuthClient::new(channel);
     // Routing, listings and login checks answer from this cache, so sessions keep working
     // while no auth server answers (and after a restart, from the file).
     let access = portcullis_access::AccessCache::start_for_cluster(
-        state.auth(),
+        auth.clone(),
         settings.common.data_dir.join(ACCESS_CACHE_FILE),
         &id.cluster_name,
     );
     // Audit events the proxy writes itself wait on disk while auth is unreachable.
-    let mut state = state;
     let spool_dir = settings.common.data_dir.join(portcullis_rpc::audit_spool::SPOOL_DIR);
-    let audit = portcullis_rpc::audit_spool::AuditSpool::open(&spool_dir, state.auth()).map_err(portcullis_rpc::RpcError::from)?;
+    let audit = portcullis_rpc::audit_spool::AuditSpool::open(&spool_dir, auth.clone()).map_err(portcullis_rpc::RpcError::from)?;
     audit.register_metrics(&probes.metrics);
-    state.router.set_audit(audit);
-    let state = Arc::new(state.with_metrics(proxy_metrics.clone()).with_access(access));
-    proxy_metrics.register(&probes.metrics, &state);
+    let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(probes.ready.clone(), heartbeat::INTERVAL * 3));
+    let active = route::ActiveSessions::default();
+    let counted = active.clone();
+    proxy_metrics.register(&probes.metrics, move || counted.get());
+    let state = Arc::new(ProxyState::new(state::StateParts {
+        cluster_name: id.cluster_name.clone(),
+        host_id: id.name.clone(),
+        nodename: settings.common.nodename.clone(),
+        auth,
+        cas,
+        client_verifier: verifier.clone(),
+        addrs,
+        hub: hub.clone(),
+        access,
+        metrics: proxy_metrics,
+        active,
+        audit: Some(audit),
+    }));
 
-    let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier)?;
+    let tls = web::tls::server_config(&settings.https_keypairs, &web_names(&settings, web_addr), verifier.verifier())?;
     let limits = settings.limits;
     portcullis_net::raise_fd_limit();
-    let web_server = web::start_limited(state.clone(), listeners.web, tls, limits, settings.rate_limit)?;
-    let web_handle = web_server.handle();
-    let mut web_task = tokio::spawn(web_server);
+    // The one stop signal of every server (and the heartbeat).
+    let drain = drain::Drain::new();
+    let mut web_task =
+        tokio::spawn(web::start_limited(state.clone(), listeners.web, tls, limits, settings.rate_limit, drain.clone())?);
 
     let mut ssh_config = ssh::config(&id)?;
     ssh_config.keepalive_interval = Some(limits.keepalive_interval);
     let ssh_config = Arc::new(ssh_config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let drain = settings.drain_timeout;
+    let drain_timeout = settings.drain_timeout;
     let mut ssh_task =
-        tokio::spawn(ssh::serve_limited(state.clone(), listeners.ssh, ssh_config, stop_rx.clone(), drain, limits));
+        tokio::spawn(ssh::serve_limited(state.clone(), listeners.ssh, ssh_config, drain.clone(), drain_timeout, limits));
 
     let mut tunnel_task = match listeners.tunnel {
         Some(listener) => {
-            let agents = tunnel::tls::LeafAgentVerifier::new(hub.leaf_cas(), Some(hub.refresh_handle()));
+            let agents = tunnel::tls::LeafAgentVerifier::verifier(hub.leaf_cas(), Some(hub.refresh_handle()));
             let tls = Arc::new(tunnel::tls::server_config(&id, Arc::new(agents))?);
-            let mut stop = stop_rx.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await.map(|_| ());
-            };
-            tokio::spawn(tunnel::server::serve_limited(hub.clone(), listener, tls, limits, stopped))
+            tokio::spawn(tunnel::server::serve_limited(hub.clone(), listener, tls, limits, drain.clone()))
         }
         // Never finishes: no tunnel listener means no leaf clusters, not a failure.
         None => tokio::spawn(std::future::pending::<Result<(), ProxyError>>()),
     };
 
-    let heartbeat = tokio::spawn(heartbeat::run(state.clone(), announcement));
+    let heartbeat = tokio::spawn(heartbeat::run(state.clone(), announcement, drain.clone()));
 
     tracing::info!(
         cluster = %state.cluster_name, host_id = %state.host_id, web = %web_addr, ssh = %ssh_addr,
@@ -188,44 +192,35 @@ pub async fn run(
         }),
     };
 
-    heartbeat.abort();
-    // Agents learn to reconnect elsewhere before the listener goes.
-    hub.drain_all("the proxy is shutting down");
-    let _ = stop_tx.send(true);
-    // Stopping an already finished server returns at once, so both are always asked.
-    let _ = tokio::time::timeout(STOP_GRACE, web_handle.stop(true)).await;
+    // Agents are told to reconnect elsewhere (by the tunnel server), listeners close, open
+    // sessions get `drain_timeout` to finish.
+    drain.start();
+    // The web server answers the requests in progress (for up to 5 s), then ends.
     if !web_task.is_finished() {
         let _ = tokio::time::timeout(STOP_GRACE, &mut web_task).await;
     }
     if !ssh_task.is_finished() {
-        // The SSH server lets open sessions finish for up to `drain` itself.
-        let _ = tokio::time::timeout(drain + STOP_GRACE, &mut ssh_task).await;
+        // The SSH server lets open sessions finish for up to `drain_timeout` itself.
+        let _ = tokio::time::timeout(drain_timeout + STOP_GRACE, &mut ssh_task).await;
     }
     if !tunnel_task.is_finished() && tunnel_addr.is_some() {
         // Sessions to leaves ride on Dial streams: give them the same time to finish.
-        let _ = tokio::time::timeout(drain + STOP_GRACE, &mut tunnel_task).await;
+        let _ = tokio::time::timeout(drain_timeout + STOP_GRACE, &mut tunnel_task).await;
     }
     tunnel_task.abort();
+    let _ = tokio::time::timeout(STOP_GRACE, heartbeat).await;
     result
 }
 
-/// `host` of `host:port`, `[v6]` of `[v6]:port`; the input itself when it has no port.
-pub(crate) fn host_of(addr: &str) -> &str {
-    if addr.starts_with('[') {
-        return match addr.find(']') {
-            Some(i) => &addr[..=i],
-            None => addr,
-        };
-    }
-    match addr.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => addr,
-    }
+/// `host` of `host:port`, `[v6]` of `[v6]:port` (ready for a new `:port`); the input itself
+/// when it is no address.
+pub(crate) fn host_of(addr: &str) -> String {
+    addr.parse::<HostPort>().map(|a| a.host_bracketed()).unwrap_or_else(|_| addr.to_string())
 }
 
 /// A host usable as a certificate name (IPv6 without brackets).
 fn bare_host(addr: &str) -> String {
-    host_of(addr).trim_start_matches('[').trim_end_matches(']').to_string()
+    addr.parse::<HostPort>().map(|a| a.host().to_string()).unwrap_or_else(|_| addr.to_string())
 }
 
 /// Extra principals of the proxy's SSH host certificate: the names users dial it by.
@@ -266,7 +261,9 @@ mod tests {
         assert_eq!(host_of("example.com"), "example.com");
         assert_eq!(host_of("[::1]:3080"), "[::1]");
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("::1"), "[::1]");
         assert_eq!(bare_host("[::1]:3080"), "::1");
+        assert_eq!(bare_host("proxy.example.com"), "proxy.example.com");
     }
 
     #[test]

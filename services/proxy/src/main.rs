@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_config::{CommonFlags, ProxySettings};
 use portcullis_proxy::{ProxyListeners, run};
+use portcullis_types::HostPort;
 
 #[derive(Parser)]
 #[command(name = "portcullis-proxy", about = "Portcullis proxy: web API, SSH front door, reverse tunnels")]
@@ -38,13 +39,13 @@ struct StartArgs {
     tunnel_listen_addr: Option<std::net::SocketAddr>,
     /// Public web address, host[:port] (proxy_service.public_addr).
     #[arg(long = "public-addr")]
-    public_addr: Option<String>,
+    public_addr: Option<HostPort>,
     /// Public SSH address, host[:port] (proxy_service.ssh_public_addr).
     #[arg(long = "ssh-public-addr")]
-    ssh_public_addr: Option<String>,
+    ssh_public_addr: Option<HostPort>,
     /// Public reverse-tunnel address, host[:port] (proxy_service.tunnel_public_addr).
     #[arg(long = "tunnel-public-addr")]
-    tunnel_public_addr: Option<String>,
+    tunnel_public_addr: Option<HostPort>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,7 +75,6 @@ fn main() -> std::process::ExitCode {
 
 async fn start(args: StartArgs) -> anyhow::Result<()> {
     use portcullis_config::ports;
-    use portcullis_config::settings::with_default_port;
     // Its identity's keys live in data_dir: keep whatever it makes private.
     portcullis_pki::datadir::restrict_umask();
     let mut settings = ProxySettings::load(&args.common)?;
@@ -88,13 +88,13 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         settings.tunnel_listen_addr = a;
     }
     if let Some(a) = args.public_addr {
-        settings.public_addr = Some(with_default_port(&a, ports::PROXY_WEB));
+        settings.public_addr = Some(a.with_default_port(ports::PROXY_WEB).to_string());
     }
     if let Some(a) = args.ssh_public_addr {
-        settings.ssh_public_addr = Some(with_default_port(&a, ports::PROXY_SSH));
+        settings.ssh_public_addr = Some(a.with_default_port(ports::PROXY_SSH).to_string());
     }
     if let Some(a) = args.tunnel_public_addr {
-        settings.tunnel_public_addr = Some(with_default_port(&a, ports::PROXY_TUNNEL));
+        settings.tunnel_public_addr = Some(a.with_default_port(ports::PROXY_TUNNEL).to_string());
     }
     let attrs = portcullis_rpc::join::resource_attributes(&settings.common, "proxy");
     let telemetry = portcullis_telemetry::init_service("portcullis-proxy", &settings.common, attrs);
@@ -110,25 +110,8 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for reverse tunnels on {}", settings.tunnel_listen_addr))?;
     let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
     let listeners = ProxyListeners { web, ssh, tunnel: Some(tunnel), diag };
-    let result = run(settings, listeners, shutdown_signal()).await;
+    let result = run(settings, listeners, portcullis_telemetry::shutdown_signal()).await;
     telemetry.shutdown_async().await;
     result?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -1,15 +1,14 @@
 //! The proxy's metrics and readiness. The router records sessions and dial latency, the
 //! heartbeat loop records heartbeats (which drive readiness) and sets the live tunnels per
 //! leaf with each tunnel report; active sessions and the heartbeat age are read on scrape.
+//! Depends on no other part of the proxy: what it reads on scrape is handed to it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_diag::{Counter, Family, Gauge, Heartbeat, Histogram, Metrics, Readiness, Unit, latency_buckets};
 
-use crate::heartbeat::INTERVAL;
-use crate::state::ProxyState;
 
 /// What `/readyz` says until the first heartbeat to auth succeeds.
 pub const WAITING_FOR_AUTH: &str = "waiting for the first heartbeat to the auth service";
@@ -32,8 +31,9 @@ pub struct ProxyMetrics {
 }
 
 impl Default for ProxyMetrics {
+    /// Private metrics (tests): not ready until a heartbeat, unready after 15 s of silence.
     fn default() -> Self {
-        ProxyMetrics::new(Readiness::new(WAITING_FOR_AUTH))
+        ProxyMetrics::new(Readiness::new(WAITING_FOR_AUTH), Duration::from_secs(15))
     }
 }
 
@@ -43,19 +43,21 @@ pub fn cluster_type(cluster: &str, own: &str) -> &'static str {
 }
 
 impl ProxyMetrics {
-    /// Metrics whose heartbeats flip `ready`.
-    pub fn new(ready: Readiness) -> Self {
+    /// Metrics whose heartbeats flip `ready`; not ready once no heartbeat succeeded for
+    /// `silent_after`.
+    pub fn new(ready: Readiness, silent_after: Duration) -> Self {
         ProxyMetrics {
             sessions: Family::default(),
             dial: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             tunnels: Family::default(),
             tunnel_leaves: Mutex::default(),
-            heartbeat: Heartbeat::tolerant(ready, "the auth service", INTERVAL * 3),
+            heartbeat: Heartbeat::tolerant(ready, "the auth service", silent_after),
         }
     }
 
-    /// Adds the families, and the gauges read from `state` on scrape, to `metrics`.
-    pub fn register(&self, metrics: &Metrics, state: &Arc<ProxyState>) {
+    /// Adds the families, and the gauges read on scrape, to `metrics`: `active_sessions`
+    /// counts the sessions being piped.
+    pub fn register(&self, metrics: &Metrics, active_sessions: impl Fn() -> usize + Send + Sync + 'static) {
         metrics.register(
             "portcullis_proxy_sessions",
             "SSH sessions the proxy routed (or failed to) by cluster_type (local, leaf) and outcome (ok, error)",
@@ -68,13 +70,11 @@ impl ProxyMetrics {
             self.dial.clone(),
         );
         metrics.register("portcullis_proxy_tunnels", "Live reverse tunnels per leaf cluster", self.tunnels.clone());
-        // Weak: the registry must not keep the proxy's state (and its actor system) alive.
-        let weak: Weak<ProxyState> = Arc::downgrade(state);
         metrics.register_gauge_fn(
             "portcullis_proxy_active_sessions",
             "SSH sessions being piped now",
             None,
-            move || weak.upgrade().map_or(0.0, |s| s.router.active_sessions() as f64),
+            move || active_sessions() as f64,
         );
         let heartbeat = self.heartbeat.clone();
         metrics.register_gauge_fn(

@@ -1,64 +1,19 @@
-//! Where a connection for (cluster, host, port) goes: a node of this cluster over TCP, or a
-//! node of a leaf cluster through the leaf's reverse tunnel (its `LeafActor`). Nodes and leaf
-//! access are looked up in the access cache, so routing works while no auth server answers.
+//! Sessions: where a user's connection for (cluster, host, port) goes, through [`Sites`],
+//! with what routing adds on top of a site's dial: leaf visibility by `cluster_labels`,
+//! reserved names refused and audited, and the session counts and dial times in the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use actix::Addr;
-use portcullis_access::{AccessCache, AccessError, AccessSnapshot};
+use portcullis_access::{AccessCache, AccessSnapshot};
 use portcullis_proto::auth::auth_client::AuthClient;
-use portcullis_proto::auth::{Node, ResolveNodeRequest};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tonic::Code;
 use portcullis_rpc::Channel;
-use portcullis_rpc::ssh_ident::{IDENT_TIMEOUT, Prefixed, read_ssh_ident};
 
 use crate::metrics::{ProxyMetrics, cluster_type};
-use crate::state::auth_call;
-use crate::tunnel::actor::Dial;
-use crate::tunnel::{Hub, LeafActor, TunnelError};
+use crate::site::Sites;
+use crate::auth_rpc::auth_call;
 
-/// The port nodes listen on by default; asking for it means "wherever the node listens".
-const DEFAULT_NODE_PORT: u16 = 3022;
-/// What OpenSSH sends for `ssh -J proxy host` without `-p`.
-const OPENSSH_DEFAULT_PORT: u16 = 22;
-/// How long dialling a node may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A byte stream to a target, whatever carries it.
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-/// A connection to a node, with what auth said about the node.
-pub struct Dialed {
-    pub node: Node,
-    pub stream: Box<dyn Conn>,
-}
-
-/// Why a target could not be reached. The messages are shown to users.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("cluster {0:?} is not found")]
-    ClusterNotFound(String),
-    #[error("cannot check access to cluster {cluster:?}: {reason}")]
-    ClusterCheck { cluster: String, reason: String },
-    #[error("cluster {0:?} is offline: no reverse tunnel from it is connected to this proxy")]
-    ClusterOffline(String),
-    #[error("cannot reach {host:?} in cluster {cluster:?}: {reason}")]
-    Leaf { cluster: String, host: String, reason: TunnelError },
-    #[error("node {host:?} is not found")]
-    NodeNotFound { host: String },
-    #[error("cannot resolve node {host:?}: {reason}")]
-    Resolve { host: String, reason: String },
-    #[error("node {node} is reached through a reverse tunnel, which this proxy does not serve yet")]
-    Tunnel { node: String },
-    #[error("cannot connect to node {node} at {addr}: {reason}")]
-    Connect { node: String, addr: String, reason: String },
-    #[error("cannot reach {host:?} in cluster {cluster:?}: {reason}")]
-    Reserved { cluster: String, host: String, reason: String },
-}
+pub use crate::site::{Conn, Dialed, RouteError, record_error, to_proto_node};
 
 /// Host names starting with this are a cluster's own services (`@auth`), never nodes.
 const RESERVED_PREFIX: char = '@';
@@ -76,24 +31,26 @@ fn reserved_reason(host: &str) -> String {
     }
 }
 
-/// Which cluster serves a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterRoute {
-    /// This proxy's own cluster.
-    Local,
-    /// A leaf cluster with at least one reverse tunnel to this proxy.
-    Leaf(Addr<LeafActor>),
+/// Counts the sessions being piped; shared with the metrics, which read it on scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveSessions(Arc<AtomicUsize>);
+
+impl ActiveSessions {
+    /// Sessions being piped right now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-/// Picks clusters and dials nodes; counts the sessions it carries.
+/// Routes user sessions to sites; counts the sessions it carries.
 #[derive(Debug)]
 pub struct Router {
     cluster_name: String,
+    sites: Arc<Sites>,
     auth: AuthClient<Channel>,
-    /// Nodes, leaves and roles as auth last said; empty means ask auth (today's path).
+    /// Leaves and roles as auth last said, for `authorize_cluster` while auth is away.
     access: AccessCache,
-    hub: Arc<Hub>,
-    active: Arc<AtomicUsize>,
+    active: ActiveSessions,
     metrics: Arc<ProxyMetrics>,
     /// Keeps the audit events the proxy writes itself on disk until auth acknowledges them;
     /// none (tests without a data_dir): sent once, failures logged.
@@ -102,60 +59,36 @@ pub struct Router {
 
 /// Counts one active session while alive.
 #[derive(Debug)]
-pub struct SessionGuard(Arc<AtomicUsize>);
+pub struct SessionGuard(ActiveSessions);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        (self.0).0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// What a [`Router`] is built from.
+#[derive(Debug)]
+pub struct RouterParts {
+    pub sites: Arc<Sites>,
+    pub auth: AuthClient<Channel>,
+    pub access: AccessCache,
+    pub active: ActiveSessions,
+    pub metrics: Arc<ProxyMetrics>,
+    pub audit: Option<portcullis_rpc::audit_spool::AuditSpool>,
+}
+
 impl Router {
-    pub fn new(cluster_name: String, auth: AuthClient<Channel>, hub: Arc<Hub>) -> Self {
+    pub fn new(p: RouterParts) -> Self {
         Router {
-            cluster_name,
-            auth,
-            access: AccessCache::empty(),
-            hub,
-            active: Arc::new(AtomicUsize::new(0)),
-            metrics: Default::default(),
-            audit: None,
+            cluster_name: p.sites.local().name().to_string(),
+            sites: p.sites,
+            auth: p.auth,
+            access: p.access,
+            active: p.active,
+            metrics: p.metrics,
+            audit: p.audit,
         }
-    }
-
-    /// Writes this proxy's audit events through `spool` from now on.
-    pub(crate) fn set_audit(&mut self, spool: portcullis_rpc::audit_spool::AuditSpool) {
-        self.audit = Some(spool);
-    }
-
-    /// Answers from `access` from now on (auth is asked only while it holds nothing).
-    pub(crate) fn set_access(&mut self, access: AccessCache) {
-        self.access = access;
-    }
-
-    /// The access cache routing answers from.
-    pub fn access(&self) -> &AccessCache {
-        &self.access
-    }
-
-    /// Records sessions and dial times into `metrics` from now on.
-    pub(crate) fn set_metrics(&mut self, metrics: Arc<ProxyMetrics>) {
-        self.metrics = metrics;
-    }
-
-    /// The route to `cluster`; empty means this proxy's own cluster. A trusted leaf without a
-    /// tunnel to this proxy is offline; any other name is not found.
-    pub fn cluster(&self, cluster: &str) -> Result<ClusterRoute, RouteError> {
-        if cluster.is_empty() || cluster == self.cluster_name {
-            return Ok(ClusterRoute::Local);
-        }
-        if let Some(addr) = self.hub.leaf(cluster) {
-            return Ok(ClusterRoute::Leaf(addr));
-        }
-        if self.hub.knows_leaf(cluster) {
-            return Err(RouteError::ClusterOffline(cluster.to_string()));
-        }
-        Err(RouteError::ClusterNotFound(cluster.to_string()))
     }
 
     /// Checks that the holder of `ssh_cert` may see leaf `cluster` (its `cluster_labels`):
@@ -202,7 +135,7 @@ impl Router {
         let mut auth = self.auth.clone();
         match auth_call(auth.list_remote_clusters(req)).await {
             Ok(resp) => Ok(resp.clusters.iter().any(|c| c.name == cluster)),
-            Err(status) if crate::state::auth_unreachable(&status) => Err(AskError::Unreachable(status.message().to_string())),
+            Err(status) if crate::auth_rpc::auth_unreachable(&status) => Err(AskError::Unreachable(status.message().to_string())),
             Err(status) => Err(AskError::Refused(status.message().to_string())),
         }
     }
@@ -212,11 +145,11 @@ impl Router {
     /// Every call counts as one session in the metrics, timed when it succeeds.
     pub async fn dial(&self, cluster: &str, host: &str, port: u16, user: &str) -> Result<Dialed, RouteError> {
         let started = tokio::time::Instant::now();
-        let dialled = match self.cluster(cluster) {
+        let dialled = match self.sites.get(cluster) {
+            Ok(site) if !site.is_online() => Err(RouteError::ClusterOffline(site.name().to_string())),
             // Checked before any dial: a user session never asks a leaf for its auth service.
             Ok(_) if host.starts_with(RESERVED_PREFIX) => Err(self.refuse_reserved(cluster, host, user).await),
-            Ok(ClusterRoute::Local) => self.dial_local(host, port).await,
-            Ok(ClusterRoute::Leaf(addr)) => self.dial_leaf(cluster, addr, host, port, user).await,
+            Ok(site) => site.dial(host, port, user).await,
             Err(e) => Err(e),
         };
         let timed = dialled.as_ref().map(|_| started.elapsed()).map_err(|_| ());
@@ -251,137 +184,13 @@ impl Router {
 
     /// Sessions being piped right now (for metrics).
     pub fn active_sessions(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.active.get()
     }
 
     /// Marks a session as active until the guard is dropped.
     pub fn track(&self) -> SessionGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        self.active.0.fetch_add(1, Ordering::Relaxed);
         SessionGuard(self.active.clone())
-    }
-
-    async fn dial_local(&self, host: &str, port: u16) -> Result<Dialed, RouteError> {
-        let node = self.resolve(host, port).await?;
-        let name = if node.hostname.is_empty() { node.id.clone() } else { node.hostname.clone() };
-        if node.tunnel {
-            return Err(RouteError::Tunnel { node: name });
-        }
-        let connect_err = |reason: String| RouteError::Connect { node: name.clone(), addr: node.addr.clone(), reason };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node.addr.as_str()))
-            .await
-            .map_err(|_| connect_err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("set_nodelay on the node connection failed: {e}");
-        }
-        let mut tcp = tcp;
-        // The node's session span joins this trace; "no trace" spares the node its wait.
-        portcullis_telemetry::preamble::write_or_none(&mut tcp).await.map_err(|e| connect_err(e.to_string()))?;
-        // Only an SSH server is relayed to, whatever port the node announced.
-        let seen = read_ssh_ident(&mut tcp, IDENT_TIMEOUT).await.map_err(|e| connect_err(e.to_string()))?;
-        tracing::debug!(node = %name, addr = %node.addr, "dialled node");
-        Ok(Dialed { node, stream: Box::new(Prefixed::new(seen, tcp)) })
-    }
-
-    /// Asks the leaf's actor to dial through a tunnel; the leaf's agent resolves the host.
-    async fn dial_leaf(
-        &self,
-        cluster: &str,
-        addr: Addr<LeafActor>,
-        host: &str,
-        port: u16,
-        user: &str,
-    ) -> Result<Dialed, RouteError> {
-        // Agents dial registered nodes only, at their own address: 22 (what `ssh -J` sends)
-        // and 3022 can only mean "the node's port".
-        let port = if port == OPENSSH_DEFAULT_PORT || port == DEFAULT_NODE_PORT { 0 } else { port };
-        let leaf_err = |reason: TunnelError| RouteError::Leaf { cluster: cluster.to_string(), host: host.to_string(), reason };
-        use tracing::Instrument;
-        let span = tracing::info_span!(
-            "tunnel.dial",
-            cluster = %cluster,
-            node = %host,
-            user = %user,
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-        );
-        let sent = async {
-            // The agent continues the trace from this span.
-            let trace = portcullis_telemetry::current_trace_map().into_iter().collect();
-            let msg = Dial { host: host.to_string(), port, user: user.to_string(), trace, for_proxy: false };
-            addr.send(msg).await
-        }
-        .instrument(span.clone())
-        .await;
-        let stream = match sent {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let e = leaf_err(e);
-                record_error(&span, &e);
-                return Err(e);
-            }
-            // The actor stopped: its last tunnel went away meanwhile.
-            Err(_) => {
-                let e = RouteError::ClusterOffline(cluster.to_string());
-                record_error(&span, &e);
-                return Err(e);
-            }
-        };
-        tracing::debug!(leaf = cluster, host, port, "dialled through a reverse tunnel");
-        let node = Node { hostname: host.to_string(), cluster: cluster.to_string(), tunnel: true, ..Default::default() };
-        Ok(Dialed { node, stream: Box::new(stream) })
-    }
-
-    /// The node `host[:port]` names in this cluster: from the access cache, else from auth.
-    pub(crate) async fn resolve(&self, host: &str, port: u16) -> Result<Node, RouteError> {
-        let wanted = if port == DEFAULT_NODE_PORT { 0 } else { port };
-        // `ssh -J proxy node` asks for port 22 although nodes listen elsewhere: "the node's
-        // own port" is tried too before giving up.
-        let ports: &[u16] = if wanted == OPENSSH_DEFAULT_PORT { &[OPENSSH_DEFAULT_PORT, 0] } else { &[wanted] };
-        let Some(snap) = self.access.current() else {
-            return self.resolve_remote(host, ports).await;
-        };
-        for &p in ports {
-            match portcullis_access::resolve_node(&snap.nodes, &snap.cluster_name, host, u32::from(p)) {
-                Ok(n) => return Ok(to_proto_node(n, &self.cluster_name)),
-                Err(AccessError::NotFound(m)) => tracing::debug!(host, port = p, "not in the access cache: {m}"),
-                Err(e) => return Err(RouteError::Resolve { host: host.to_string(), reason: e.to_string() }),
-            }
-        }
-        // A node that joined since the last snapshot: auth may know it. With auth down, the
-        // cache's answer stands.
-        match self.resolve_remote(host, ports).await {
-            Err(RouteError::Resolve { reason, .. }) => {
-                tracing::debug!(host, "cannot ask auth about a node missing from the access cache: {reason}");
-                Err(RouteError::NodeNotFound { host: host.to_string() })
-            }
-            r => r,
-        }
-    }
-
-    /// Auth's answer, trying `ports` in turn while the node is not found.
-    async fn resolve_remote(&self, host: &str, ports: &[u16]) -> Result<Node, RouteError> {
-        let mut last = RouteError::NodeNotFound { host: host.to_string() };
-        for &p in ports {
-            match self.resolve_once(host, p).await {
-                Err(e @ RouteError::NodeNotFound { .. }) => last = e,
-                r => return r,
-            }
-        }
-        Err(last)
-    }
-
-    async fn resolve_once(&self, host: &str, port: u16) -> Result<Node, RouteError> {
-        let mut auth = self.auth.clone();
-        let req = ResolveNodeRequest { host: host.to_string(), port: u32::from(port) };
-        match auth_call(auth.resolve_node(req)).await {
-            Ok(resp) => resp.node.ok_or_else(|| RouteError::NodeNotFound { host: host.to_string() }),
-            Err(s) if s.code() == Code::NotFound => {
-                tracing::debug!(host, port, "auth: {}", s.message());
-                Err(RouteError::NodeNotFound { host: host.to_string() })
-            }
-            Err(s) => Err(RouteError::Resolve { host: host.to_string(), reason: status_text(&s) }),
-        }
     }
 }
 
@@ -403,54 +212,41 @@ fn cluster_visible(snap: &AccessSnapshot, cluster: &str, ssh_cert: &str) -> Resu
         .any(|rc| rc.metadata.name == cluster && checker.can_see_cluster(&rc.metadata.labels)))
 }
 
-/// A node of the snapshot as the auth API describes it (what `ResolveNode` answers).
-pub fn to_proto_node(n: portcullis_types::Node, cluster: &str) -> Node {
-    Node {
-        id: n.metadata.name,
-        hostname: n.spec.hostname,
-        addr: n.spec.addr,
-        labels: n.metadata.labels.into_iter().collect(),
-        expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
-        cluster: cluster.to_string(),
-        tunnel: n.spec.use_tunnel,
-    }
-}
-
-/// A status as a short sentence for users.
-fn status_text(s: &tonic::Status) -> String {
-    match s.code() {
-        Code::Unavailable => format!("auth service unreachable: {}", s.message()),
-        _ => s.message().to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::site::LocalSite;
+    use crate::tunnel::Hub;
 
     #[tokio::test]
     async fn own_cluster_is_local_and_unconnected_leaves_are_named() {
         let channel = Channel::new(tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy());
         let hub = Hub::start("root.example.com", "proxy-1", "", Default::default()).unwrap();
         hub.set_leaf_cas([("leaf-b".to_string(), vec!["pem".to_string()])].into_iter().collect());
-        let r = Router::new("root.example.com".into(), AuthClient::new(channel), hub);
-        assert_eq!(r.cluster("").unwrap(), ClusterRoute::Local);
-        assert_eq!(r.cluster("root.example.com").unwrap(), ClusterRoute::Local);
-        let e = r.cluster("leaf").unwrap_err().to_string();
+        let auth = AuthClient::new(channel);
+        let local = LocalSite::new("root.example.com".into(), auth.clone(), AccessCache::empty());
+        let sites = Arc::new(Sites::new(local, hub));
+        let r = Router::new(RouterParts {
+            sites: sites.clone(),
+            auth,
+            access: AccessCache::empty(),
+            active: ActiveSessions::default(),
+            metrics: Default::default(),
+            audit: None,
+        });
+        assert!(!sites.get("").unwrap().is_leaf());
+        assert_eq!(sites.get("root.example.com").unwrap().name(), "root.example.com");
+        let e = sites.get("leaf").unwrap_err().to_string();
         assert_eq!(e, "cluster \"leaf\" is not found");
-        let e = r.cluster("leaf-b").unwrap_err().to_string();
-        assert_eq!(e, "cluster \"leaf-b\" is offline: no reverse tunnel from it is connected to this proxy");
+        let leaf = sites.get("leaf-b").unwrap();
+        assert!(leaf.is_leaf() && !leaf.is_online() && !sites.is_online("leaf-b"));
         let e = r.dial("leaf-b", "node", 0, "alice").await.err().unwrap().to_string();
+        assert_eq!(e, "cluster \"leaf-b\" is offline: no reverse tunnel from it is connected to this proxy");
+        let e = leaf.dial("node", 0, "alice").await.err().unwrap().to_string();
         assert!(e.contains("is offline"), "{e}");
         let g = r.track();
         assert_eq!(r.active_sessions(), 1);
         drop(g);
         assert_eq!(r.active_sessions(), 0);
     }
-}
-
-/// Marks `span` failed with the error's text.
-pub fn record_error(span: &tracing::Span, e: &dyn std::fmt::Display) {
-    span.record("otel.status_code", "error");
-    span.record("otel.status_description", e.to_string().as_str());
 }

@@ -1,44 +1,23 @@
-//! State shared by the web API, the SSH front door, the tunnel server and the heartbeat: who
-//! this proxy is, the auth client, the access cache, the CAs it currently trusts, the leaf
-//! tunnels, and the addresses it serves.
+//! State shared by the web API, the SSH front door and the heartbeat: who this proxy is, the
+//! auth client, the access cache, the CAs it currently trusts, the sites it routes to, and
+//! the addresses it serves.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
+use portcullis_access::AccessCache;
 use portcullis_proto::auth::CertAuthorities;
 use portcullis_proto::auth::auth_client::AuthClient;
-use russh::keys::PublicKey;
-use tonic::Status;
 use portcullis_rpc::Channel;
+use portcullis_rpc::audit_spool::AuditSpool;
+use russh::keys::PublicKey;
 
+pub use crate::auth_rpc::{AUTH_CALL_TIMEOUT, auth_call, auth_unreachable};
 use crate::metrics::ProxyMetrics;
-use crate::route::Router;
+use crate::route::{ActiveSessions, Router, RouterParts};
+use crate::site::{LocalSite, Sites};
 use crate::tunnel::Hub;
 use crate::web::tls::ReloadableClientVerifier;
-
-/// How long any call to the auth service may take before the caller gives up.
-pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Awaits an auth call with [`AUTH_CALL_TIMEOUT`], unwrapping the response.
-pub async fn auth_call<T>(
-    fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(AUTH_CALL_TIMEOUT, fut).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::unavailable(format!(
-            "no answer within {}s",
-            AUTH_CALL_TIMEOUT.as_secs()
-        ))),
-    }
-}
-
-/// Whether `status` says no auth server could be reached (or none answered in time), so the
-/// access cache's answer stands in for auth's. `Unknown` is what a connection broken mid-call
-/// gives; auth itself never answers with it (its errors map to definite codes).
-pub fn auth_unreachable(status: &Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
-}
 
 /// Addresses the proxy is bound to and the public ones it was configured with.
 #[derive(Debug, Clone)]
@@ -69,9 +48,12 @@ pub struct ProxyState {
     pub host_id: String,
     pub nodename: String,
     auth: AuthClient<Channel>,
+    /// Nodes, leaves and roles as auth last said (empty: ask auth).
+    access: AccessCache,
+    /// This cluster and the trusted leaves: where requests go.
+    pub sites: Arc<Sites>,
+    /// User sessions through the sites, counted.
     pub router: Router,
-    /// Leaf clusters' tunnels and CAs.
-    pub tunnels: Arc<Hub>,
     cas: RwLock<TrustedCas>,
     pub client_verifier: Arc<ReloadableClientVerifier>,
     pub addrs: Addrs,
@@ -79,51 +61,57 @@ pub struct ProxyState {
     pub metrics: Arc<ProxyMetrics>,
 }
 
+/// What a [`ProxyState`] is built from, each part made before it (so nothing is set later).
+#[derive(Debug)]
+pub struct StateParts {
+    pub cluster_name: String,
+    pub host_id: String,
+    pub nodename: String,
+    pub auth: AuthClient<Channel>,
+    pub cas: TrustedCas,
+    pub client_verifier: Arc<ReloadableClientVerifier>,
+    pub addrs: Addrs,
+    /// The leaves' tunnels.
+    pub hub: Arc<Hub>,
+    /// Routing, listings and login checks answer from it while no auth server does.
+    pub access: AccessCache,
+    pub metrics: Arc<ProxyMetrics>,
+    /// Counts the piped sessions; the metrics read it too.
+    pub active: ActiveSessions,
+    /// Where the proxy's own audit events wait for auth (`None`: sent once, as in tests).
+    pub audit: Option<AuditSpool>,
+}
+
 impl ProxyState {
-    // One argument per shared part; a builder would only move the list elsewhere.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cluster_name: String,
-        host_id: String,
-        nodename: String,
-        auth: AuthClient<Channel>,
-        cas: TrustedCas,
-        client_verifier: Arc<ReloadableClientVerifier>,
-        addrs: Addrs,
-        tunnels: Arc<Hub>,
-    ) -> Self {
-        let router = Router::new(cluster_name.clone(), auth.clone(), tunnels.clone());
+    pub fn new(p: StateParts) -> Self {
+        let local = LocalSite::new(p.cluster_name.clone(), p.auth.clone(), p.access.clone());
+        let sites = Arc::new(Sites::new(local, p.hub));
+        let router = Router::new(RouterParts {
+            sites: sites.clone(),
+            auth: p.auth.clone(),
+            access: p.access.clone(),
+            active: p.active,
+            metrics: p.metrics.clone(),
+            audit: p.audit,
+        });
         ProxyState {
-            cluster_name,
-            host_id,
-            nodename,
-            auth,
+            cluster_name: p.cluster_name,
+            host_id: p.host_id,
+            nodename: p.nodename,
+            auth: p.auth,
+            access: p.access,
+            sites,
             router,
-            tunnels,
-            cas: RwLock::new(cas),
-            client_verifier,
-            addrs,
-            metrics: Default::default(),
+            cas: RwLock::new(p.cas),
+            client_verifier: p.client_verifier,
+            addrs: p.addrs,
+            metrics: p.metrics,
         }
-    }
-
-    /// Records into `metrics` (shared with the diagnostic listener) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
-        self.router.set_metrics(metrics.clone());
-        self.metrics = metrics;
-        self
-    }
-
-    /// Answers routing, listings and login checks from `access` (auth is asked only while it
-    /// holds nothing).
-    pub fn with_access(mut self, access: portcullis_access::AccessCache) -> Self {
-        self.router.set_access(access);
-        self
     }
 
     /// The access snapshot, if the cache holds one (else callers ask auth, as before).
     pub fn access_snapshot(&self) -> Option<Arc<portcullis_access::AccessSnapshot>> {
-        self.router.access().current()
+        self.access.current()
     }
 
     /// A client for one call (tonic clients are cheap clones over one channel).

@@ -1,11 +1,12 @@
-//! Test helpers: a fake auth service over plain gRPC and a proxy state that talks to it.
+//! Test helpers: the fake auth service (from portcullis-fake-auth) configured as the proxy's
+//! tests need it, over plain gRPC, and a proxy state that talks to it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use portcullis_proto::auth::auth_server::{Auth, AuthServer};
+use portcullis_fake_auth::FakeAuth as Fake;
 use portcullis_proto::auth::*;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::state::{Addrs, ProxyState, TrustedCas};
 use crate::web::tls::ReloadableClientVerifier;
@@ -35,8 +36,7 @@ pub struct FakeAuth {
 impl FakeAuth {
     /// Streams `snap` to every WatchAccess subscriber (now and from now on).
     pub fn set_access(&self, snap: &portcullis_access::AccessSnapshot) {
-        let msg = AccessSnapshotMessage { snapshot_json: snap.to_json().unwrap(), revision: snap.revision };
-        self.access.send_replace(Some(msg));
+        self.access.send_replace(Some(portcullis_fake_auth::access_message(snap).unwrap()));
     }
 }
 
@@ -48,191 +48,97 @@ fn cas() -> CertAuthorities {
     }
 }
 
-fn nope<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not in the fake"))
-}
-
-/// The fake as a gRPC service (the trait cannot be implemented for `Arc` here).
-struct Served(Arc<FakeAuth>);
-
-impl std::ops::Deref for Served {
-    type Target = FakeAuth;
-    fn deref(&self) -> &FakeAuth {
-        &self.0
-    }
-}
-
-#[tonic::async_trait]
-impl Auth for Served {
-    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        nope()
-    }
-    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        nope()
-    }
-    async fn authenticate_user(&self, r: Request<AuthenticateUserRequest>) -> Result<Response<UserCerts>, Status> {
+/// The shared fake configured with `fake`'s answers, recording into `fake`.
+fn configured(fake: Arc<FakeAuth>) -> Fake {
+    let f = fake.clone();
+    let auth = Fake::new().watch_access(fake.access.subscribe()).authenticate_user(move |r| {
         let r = r.into_inner();
-        self.logins.lock().unwrap().push(r.clone());
+        f.logins.lock().unwrap().push(r.clone());
         if r.password != PASSWORD {
             return Err(Status::unauthenticated("invalid username or password"));
         }
-        Ok(Response::new(UserCerts {
+        Ok(UserCerts {
             username: r.username,
             ssh_cert: "ssh-cert".into(),
             tls_cert_pem: "tls-cert".into(),
             cas: Some(cas()),
             cluster_name: CLUSTER.into(),
             ..Default::default()
-        }))
-    }
-    async fn generate_user_certs(&self, _: Request<GenerateUserCertsRequest>) -> Result<Response<UserCerts>, Status> {
-        nope()
-    }
-    async fn set_password(&self, _: Request<SetPasswordRequest>) -> Result<Response<Empty>, Status> {
-        nope()
-    }
-    async fn upsert_resource(
-        &self,
-        _: Request<UpsertResourceRequest>,
-    ) -> Result<Response<UpsertResourceResponse>, Status> {
-        nope()
-    }
-    async fn get_resources(&self, _: Request<GetResourcesRequest>) -> Result<Response<GetResourcesResponse>, Status> {
-        nope()
-    }
-    async fn delete_resource(&self, _: Request<DeleteResourceRequest>) -> Result<Response<Empty>, Status> {
-        nope()
-    }
-    async fn create_token(&self, _: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
-        nope()
-    }
-    async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let leaf_cas = self.leaf_cas.lock().unwrap().clone();
+        })
+    });
+    let f = fake.clone();
+    let auth = auth.heartbeat(move |_| {
+        let leaf_cas = f.leaf_cas.lock().unwrap().clone();
         let proxies = vec![Proxy { id: "other-proxy".into(), tunnel_addr: "other:3024".into() }];
-        Ok(Response::new(HeartbeatResponse { cas: Some(cas()), leaf_cas, proxies, ..Default::default() }))
-    }
-    async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(HeartbeatResponse { cas: Some(cas()), leaf_cas, proxies, ..Default::default() })
+    });
+    let f = fake.clone();
+    let auth = auth.list_nodes(move |r| {
         if r.into_inner().user_tls_cert.is_empty() {
             return Err(Status::unauthenticated("no user certificate"));
         }
-        Ok(Response::new(ListNodesResponse { nodes: self.nodes.clone() }))
-    }
-    async fn resolve_node(&self, r: Request<ResolveNodeRequest>) -> Result<Response<ResolveNodeResponse>, Status> {
+        Ok(ListNodesResponse { nodes: f.nodes.clone() })
+    });
+    let f = fake.clone();
+    let auth = auth.resolve_node(move |r| {
         let r = r.into_inner();
-        self.resolved.lock().unwrap().push((r.host.clone(), r.port));
-        let found = self.nodes.iter().find(|n| {
+        f.resolved.lock().unwrap().push((r.host.clone(), r.port));
+        let found = f.nodes.iter().find(|n| {
             (n.hostname == r.host || n.id == r.host) && (r.port == 0 || n.addr.ends_with(&format!(":{}", r.port)))
         });
         match found {
-            Some(n) => Ok(Response::new(ResolveNodeResponse { node: Some(n.clone()) })),
+            Some(n) => Ok(ResolveNodeResponse { node: Some(n.clone()) }),
             None => Err(Status::not_found(format!("no node {}", r.host))),
         }
-    }
-    async fn authorize_ssh(&self, r: Request<AuthorizeSshRequest>) -> Result<Response<AuthorizeSshResponse>, Status> {
+    });
+    let auth = auth.authorize_ssh(|r| {
         let r = r.into_inner();
-        Ok(Response::new(AuthorizeSshResponse {
+        Ok(AuthorizeSshResponse {
             allowed: false,
             reason: format!("login {:?} is not allowed (source {})", r.login, r.source),
             ..Default::default()
-        }))
-    }
-    async fn emit_audit_event(&self, _: Request<AuditEventRequest>) -> Result<Response<Empty>, Status> {
-        nope()
-    }
-    async fn search_audit_events(
-        &self,
-        _: Request<SearchAuditEventsRequest>,
-    ) -> Result<Response<SearchAuditEventsResponse>, Status> {
-        nope()
-    }
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        nope()
-    }
-    async fn validate_trusted_cluster(
-        &self,
-        r: Request<ValidateTrustedClusterRequest>,
-    ) -> Result<Response<ValidateTrustedClusterResponse>, Status> {
+        })
+    });
+    let f = fake.clone();
+    let auth = auth.validate_trusted_cluster(move |r| {
         let r = r.into_inner();
-        self.validations.lock().unwrap().push(r.clone());
+        f.validations.lock().unwrap().push(r.clone());
         if r.token != CLUSTER_TOKEN {
             return Err(Status::permission_denied("access denied: the cluster token has been rejected"));
         }
-        Ok(Response::new(ValidateTrustedClusterResponse { root_cluster_name: CLUSTER.into(), root_cas: Some(cas()) }))
-    }
-    async fn report_tunnels(&self, r: Request<ReportTunnelsRequest>) -> Result<Response<Empty>, Status> {
-        self.reports.lock().unwrap().push(r.into_inner());
-        Ok(Response::new(Empty {}))
-    }
-    async fn list_remote_clusters(
-        &self,
-        r: Request<ListRemoteClustersRequest>,
-    ) -> Result<Response<ListRemoteClustersResponse>, Status> {
+        Ok(ValidateTrustedClusterResponse { root_cluster_name: CLUSTER.into(), root_cas: Some(cas()) })
+    });
+    let f = fake.clone();
+    let auth = auth.report_tunnels(move |r| {
+        f.reports.lock().unwrap().push(r.into_inner());
+        Ok(Empty {})
+    });
+    auth.list_remote_clusters(move |r| {
         let r = r.into_inner();
         if r.user_tls_cert.is_empty() && r.user_ssh_cert.is_empty() {
             return Err(Status::invalid_argument("a proxy must name the user (user_tls_cert)"));
         }
-        Ok(Response::new(ListRemoteClustersResponse { clusters: self.remote_clusters.clone() }))
-    }
-    async fn watch_access(
-        &self,
-        _: Request<WatchAccessRequest>,
-    ) -> Result<Response<tonic::codegen::BoxStream<AccessSnapshotMessage>>, Status> {
-        let mut updates = self.access.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let msg = updates.borrow_and_update().clone();
-                if let Some(m) = msg
-                    && tx.send(Ok(m)).await.is_err()
-                {
-                    return;
-                }
-                if updates.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
-    }
-    async fn list_trusted_clusters(
-        &self,
-        _: Request<ListTrustedClustersRequest>,
-    ) -> Result<Response<ListTrustedClustersResponse>, Status> {
-        nope()
-    }
+        Ok(ListRemoteClustersResponse { clusters: fake.remote_clusters.clone() })
+    })
 }
 
 /// Serves `fake` over plain gRPC on a local port.
 pub async fn serve_fake(fake: Arc<FakeAuth>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AuthServer::new(Served(fake)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
+    configured(fake).start().await.unwrap().addr
 }
 
 /// [`serve_fake`], with a task whose abort kills the fake as a dying auth process would: its
-/// listener closes and every open connection (streams included) drops. (Aborting tonic's
-/// server task alone leaves the connections it spawned running.)
+/// listener closes and every open connection (streams included) drops.
 pub async fn serve_fake_stoppable(fake: Arc<FakeAuth>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let backend = serve_fake(fake).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let relay = tokio::spawn(async move {
-        // Dropped with this task when it is aborted, which aborts every relayed connection.
-        let mut conns = tokio::task::JoinSet::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            conns.spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
+    let running = configured(fake).start().await.unwrap();
+    let addr = running.addr;
+    let guard = running.kill_on_drop();
+    // Aborting the task drops the guard, which kills the fake.
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
     });
-    (addr, relay)
+    (addr, task)
 }
 
 /// An auth client over plain gRPC to `addr`.
@@ -243,9 +149,7 @@ pub fn auth_client(addr: SocketAddr) -> portcullis_proto::auth::auth_client::Aut
 
 /// [`state`] answering from `access` (the proxy's access cache).
 pub fn state_with_access(auth: Option<SocketAddr>, access: portcullis_access::AccessCache) -> Arc<ProxyState> {
-    let state = state(auth, vec![]);
-    let state = Arc::try_unwrap(state).unwrap_or_else(|_| unreachable!("a fresh state has one owner"));
-    Arc::new(state.with_access(access))
+    state_built(auth, vec![], access).0
 }
 
 /// A proxy state whose auth client talks to `auth` (plain gRPC; an unused port when none).
@@ -257,6 +161,14 @@ pub fn state(auth: Option<SocketAddr>, ssh_user_cas: Vec<russh::keys::PublicKey>
 pub fn state_with_ca(
     auth: Option<SocketAddr>,
     ssh_user_cas: Vec<russh::keys::PublicKey>,
+) -> (Arc<ProxyState>, portcullis_pki::x509::TlsCa) {
+    state_built(auth, ssh_user_cas, portcullis_access::AccessCache::empty())
+}
+
+fn state_built(
+    auth: Option<SocketAddr>,
+    ssh_user_cas: Vec<russh::keys::PublicKey>,
+    access: portcullis_access::AccessCache,
 ) -> (Arc<ProxyState>, portcullis_pki::x509::TlsCa) {
     let ca = portcullis_pki::x509::TlsCa::generate(CLUSTER).unwrap();
     let verifier = Arc::new(ReloadableClientVerifier::new(&[ca.cert_pem().to_string()]).unwrap());
@@ -272,16 +184,20 @@ pub fn state_with_ca(
         ssh_public_addr: None,
         tunnel_public_addr: None,
     };
-    let state = Arc::new(ProxyState::new(
-        CLUSTER.into(),
-        "host-1".into(),
-        "proxy-1".into(),
-        portcullis_proto::auth::auth_client::AuthClient::new(portcullis_rpc::Channel::new(channel)),
-        TrustedCas { ssh_user: ssh_user_cas, tls_pems: vec![ca.cert_pem().to_string()] },
-        verifier,
+    let state = Arc::new(ProxyState::new(crate::state::StateParts {
+        cluster_name: CLUSTER.into(),
+        host_id: "host-1".into(),
+        nodename: "proxy-1".into(),
+        auth: portcullis_proto::auth::auth_client::AuthClient::new(portcullis_rpc::Channel::new(channel)),
+        cas: TrustedCas { ssh_user: ssh_user_cas, tls_pems: vec![ca.cert_pem().to_string()] },
+        client_verifier: verifier,
         addrs,
-        crate::tunnel::Hub::start(CLUSTER, "host-1", "127.0.0.1:43024", Default::default()).unwrap(),
-    ));
+        hub: crate::tunnel::Hub::start(CLUSTER, "host-1", "127.0.0.1:43024", Default::default()).unwrap(),
+        access,
+        metrics: Default::default(),
+        active: Default::default(),
+        audit: None,
+    }));
     (state, ca)
 }
 

@@ -1,40 +1,29 @@
-//! Serving the root proxy's requests on a tunnel: dialling leaf nodes (registered ones that
-//! answer as SSH servers, and the leaf auth service for the proxy itself only), auditing
-//! every dial on the leaf, and listing the leaf's nodes for root users. Targets, listings and
-//! login checks come from the agent's access cache (auth only while it holds nothing).
+//! Serving the root proxy's dials on a tunnel: dialling leaf nodes (registered ones that
+//! answer as SSH servers, and the leaf auth service for the proxy itself only), relaying their
+//! bytes through a `Dial` stream, and auditing every dial on the leaf. Targets come from the
+//! agent's access cache (auth only while it holds nothing); questions are in [`crate::queries`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_proto::auth::{AuditEventRequest, ListNodesRequest, ResolveNodeRequest};
-use portcullis_proto::{Bytes, BytesMut};
+use portcullis_proto::auth::{AuditEventRequest, ResolveNodeRequest};
 use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::tunnel_client::TunnelClient;
-use portcullis_proto::tunnel::{AgentFrame, Chunk, DialFailed, DialRequest, NodesAnswer, NodesQuery};
+use portcullis_proto::tunnel::{AgentFrame, Chunk, DialFailed, DialRequest};
+use portcullis_proto::{Bytes, BytesMut};
+use portcullis_rpc::Channel;
 use portcullis_rpc::client::error_chain;
 use portcullis_rpc::ssh_ident::{IDENT_TIMEOUT, read_ssh_ident};
+use portcullis_tunnel::{AUTH_HOST, CHUNK_QUEUE, CHUNK_SIZE, ChunkStream, ChunkReader, ChunkWriter, DIAL_EVENT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use portcullis_rpc::Channel;
 
 use crate::{Agent, CALL_TIMEOUT};
 
-/// The gRPC metadata naming the dial request a `Dial` stream answers.
-pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
-/// The host name that stands for the leaf's own auth service; only dials the root proxy
-/// makes for itself (`for_proxy`) may use it.
-pub const AUTH_HOST: &str = "@auth";
-/// The audit event every dial writes on the leaf (from the agent's identity).
-pub const DIAL_EVENT: &str = "tunnel.dial";
 /// Longest wait for a TCP connection to a leaf node, and for the proxy to take the stream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes read from the node per chunk.
-const READ_SIZE: usize = 64 * 1024;
-/// Chunks queued towards the proxy; HTTP/2 flow control does the rest.
-const CHUNK_QUEUE: usize = 16;
 /// After one direction ended, how long the other may take to follow.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
 
@@ -122,9 +111,7 @@ async fn serve_traced(
     // A first chunk (empty for `@auth`) makes the stream reach the proxy at once.
     let _ = out_tx.send(Chunk { data: first }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
-    if let Ok(v) = req.dial_id.to_string().parse() {
-        request.metadata_mut().insert(DIAL_ID_HEADER, v);
-    }
+    portcullis_tunnel::set_dial_id(request.metadata_mut(), req.dial_id);
     let inbound = match tokio::time::timeout(CONNECT_TIMEOUT, TunnelClient::new(channel).dial(request)).await {
         Ok(Ok(resp)) => resp.into_inner(),
         Ok(Err(status)) => {
@@ -141,7 +128,7 @@ async fn serve_traced(
     let event = dial_event(&root, &req, &target, Ok(&addr));
     // Written off the session's path: the audit call must not slow every connection.
     tokio::spawn(emit(agent.clone(), event));
-    pipe(tcp, out_tx, inbound).await;
+    relay(tcp, ChunkStream::new(inbound, out_tx)).await;
     tracing::debug!(dial_id = req.dial_id, "dial to {target} closed");
 }
 
@@ -253,51 +240,18 @@ async fn refuse(
     agent.metrics.dial(false);
     let event = dial_event(root, req, target, Err(&reason));
     let failed = DialFailed { dial_id: req.dial_id, reason };
-    let _ = control.send(AgentFrame { msg: Some(AgentMsg::DialFailed(failed)) }).await;
+    let _ = control.send(portcullis_tunnel::agent_frame(AgentMsg::DialFailed(failed))).await;
     emit(Arc::clone(agent), event).await;
 }
 
 /// Copies bytes both ways until both directions ended. The end of one direction is passed
 /// on (TCP write shutdown, end of the outbound stream) so SSH closes cleanly; a broken
 /// stream drops the connection at once.
-async fn pipe(tcp: TcpStream, out: mpsc::Sender<Chunk>, mut inbound: Streaming<Chunk>) {
-    let (mut rd, mut wr) = tcp.into_split();
-    let up = async move {
-        // Read into one growing buffer and hand each read out as a frozen slice of it: no
-        // copy per chunk here (the buffer is reallocated once the chunks in flight pin it).
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
-        loop {
-            if buf.capacity() < READ_SIZE / 2 {
-                buf.reserve(READ_SIZE);
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if out.send(Chunk { data: buf.split().freeze() }).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        // Dropping `out` here ends the outbound stream.
-    };
-    let down = async move {
-        loop {
-            match inbound.message().await {
-                Ok(Some(c)) if c.data.is_empty() => {}
-                Ok(Some(c)) => {
-                    if wr.write_all(&c.data).await.is_err() {
-                        return false;
-                    }
-                }
-                Ok(None) => {
-                    let _ = wr.shutdown().await;
-                    return true;
-                }
-                Err(_) => return false,
-            }
-        }
-    };
+async fn relay(tcp: TcpStream, stream: ChunkStream<Chunk>) {
+    let (rd, wr) = tcp.into_split();
+    let (from_proxy, to_proxy) = stream.into_split();
+    let up = node_to_proxy(rd, to_proxy);
+    let down = proxy_to_node(from_proxy, wr);
     tokio::pin!(up, down);
     tokio::select! {
         clean = &mut down => {
@@ -311,101 +265,43 @@ async fn pipe(tcp: TcpStream, out: mpsc::Sender<Chunk>, mut inbound: Streaming<C
     }
 }
 
-/// Answers a `NodesQuery`: the leaf nodes the root user (named by its certificate, which the
-/// leaf auth verifies and maps) may see.
-pub async fn answer_nodes(agent: Arc<Agent>, control: mpsc::Sender<AgentFrame>, q: NodesQuery) {
-    if let Some(snap) = agent.access.current() {
-        let mut answer = NodesAnswer { request_id: q.request_id, ..Default::default() };
-        match cached_nodes(&snap, &q) {
-            Ok(nodes) => answer.nodes = nodes,
-            Err(e) => answer.error = e.to_string(),
+/// The node's bytes to the proxy until the node stops sending; then ends the outbound stream.
+async fn node_to_proxy(mut rd: tokio::net::tcp::OwnedReadHalf, mut to_proxy: ChunkWriter<Chunk>) {
+    // Read into one growing buffer and hand each read out as a frozen slice of it: no copy
+    // per chunk here (the buffer is reallocated once the chunks in flight pin it).
+    let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+    loop {
+        if buf.capacity() < CHUNK_SIZE / 2 {
+            buf.reserve(CHUNK_SIZE);
         }
-        tracing::debug!(request_id = answer.request_id, nodes = answer.nodes.len(), "answering a node listing from the access cache");
-        let _ = control.send(AgentFrame { msg: Some(AgentMsg::Nodes(answer)) }).await;
-        return;
-    }
-    let mut auth = agent.auth.clone();
-    let ask = auth.list_nodes(ListNodesRequest { user_tls_cert: q.user_tls_cert, labels: q.labels });
-    let mut answer = NodesAnswer { request_id: q.request_id, ..Default::default() };
-    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
-        Ok(Ok(resp)) => {
-            answer.nodes = resp.into_inner().nodes;
-            for n in &mut answer.nodes {
-                n.tunnel = true;
-                if n.cluster.is_empty() {
-                    n.cluster = agent.cluster().to_string();
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if to_proxy.send(buf.split().freeze()).await.is_err() {
+                    break;
                 }
             }
         }
-        Ok(Err(status)) => answer.error = status.message().to_string(),
-        Err(_) => answer.error = format!("the leaf auth service did not answer in {CALL_TIMEOUT:?}"),
     }
-    tracing::debug!(request_id = answer.request_id, nodes = answer.nodes.len(), "answering a node listing");
-    let _ = control.send(AgentFrame { msg: Some(AgentMsg::Nodes(answer)) }).await;
+    // Dropping `to_proxy` here ends the outbound stream.
 }
 
-/// The nodes of the snapshot the root user of `q` may see (its certificate verified against
-/// the trusted root's CA, its roles mapped), with `q.labels` as a filter: ListNodes' answer.
-fn cached_nodes(
-    snap: &portcullis_access::AccessSnapshot,
-    q: &NodesQuery,
-) -> Result<Vec<portcullis_proto::auth::Node>, portcullis_access::AccessError> {
-    let user = portcullis_access::verify_user_tls(snap, &q.user_tls_cert)?;
-    let visible = portcullis_access::nodes_visible_to(snap, &user)?;
-    Ok(visible
-        .into_iter()
-        .filter(|n| q.labels.iter().all(|(k, v)| n.metadata.labels.get(k) == Some(v)))
-        .map(|n| portcullis_proto::auth::Node {
-            id: n.metadata.name,
-            hostname: n.spec.hostname,
-            addr: n.spec.addr,
-            labels: n.metadata.labels.into_iter().collect(),
-            expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
-            cluster: snap.cluster_name.clone(),
-            tunnel: true,
-        })
-        .collect())
-}
-
-/// Answers an `AuthorizeQuery`: the leaf auth's decision (and reason) for a root user's
-/// login, so tsh can say why the leaf refused it. The leaf audits refusals.
-pub async fn answer_authorize(
-    agent: Arc<Agent>,
-    control: mpsc::Sender<AgentFrame>,
-    q: portcullis_proto::tunnel::AuthorizeQuery,
-) {
-    let request = portcullis_proto::auth::AuthorizeSshRequest {
-        ssh_cert: q.ssh_cert,
-        login: q.login,
-        node: q.node,
-        source: "proxy".into(),
-        remote_addr: q.remote_addr,
-    };
-    let mut answer = portcullis_proto::tunnel::AuthorizeAnswer { request_id: q.request_id, ..Default::default() };
-    if let Some(snap) = agent.access.current() {
-        // The decision auth would take (one implementation); the leaf node audits the refused
-        // login itself, this answer only explains it to tsh.
-        let node = portcullis_access::resolve_node(&snap.nodes, &snap.cluster_name, &request.node, 0).ok();
-        match portcullis_access::authorize_ssh(&snap, &request, node.as_ref()) {
-            Ok(r) => {
-                answer.allowed = r.allowed;
-                answer.reason = r.reason;
+/// The proxy's bytes to the node; at the stream's end shuts the node's side down. False when
+/// the stream broke or the node stopped taking bytes.
+async fn proxy_to_node(mut from_proxy: ChunkReader, mut wr: tokio::net::tcp::OwnedWriteHalf) -> bool {
+    loop {
+        // Each chunk is written as it came, without a copy.
+        match from_proxy.recv().await {
+            Ok(Some(data)) => {
+                if wr.write_all(&data).await.is_err() {
+                    return false;
+                }
             }
-            Err(e) => answer.error = e.to_string(),
+            Ok(None) => {
+                let _ = wr.shutdown().await;
+                return true;
+            }
+            Err(_) => return false,
         }
-        let _ = control.send(AgentFrame { msg: Some(AgentMsg::Authorized(answer)) }).await;
-        return;
     }
-    let mut auth = agent.auth.clone();
-    let ask = auth.authorize_ssh(request);
-    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
-        Ok(Ok(resp)) => {
-            let r = resp.into_inner();
-            answer.allowed = r.allowed;
-            answer.reason = r.reason;
-        }
-        Ok(Err(status)) => answer.error = status.message().to_string(),
-        Err(_) => answer.error = format!("the leaf auth service did not answer in {CALL_TIMEOUT:?}"),
-    }
-    let _ = control.send(AgentFrame { msg: Some(AgentMsg::Authorized(answer)) }).await;
 }

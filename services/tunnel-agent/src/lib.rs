@@ -7,6 +7,7 @@ pub mod dial;
 pub mod error;
 pub mod link;
 pub mod metrics;
+pub mod queries;
 pub mod tunnel;
 
 use std::collections::{HashMap, HashSet};

@@ -9,6 +9,7 @@ use portcullis_pki::x509::PROXY_SERVER_NAME;
 use portcullis_proto::auth::TrustedClusterTarget;
 use portcullis_proto::tunnel::ProxyInfo;
 use portcullis_rpc::{ClientTls, Trust};
+use portcullis_types::HostPort;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -304,14 +305,10 @@ impl Link {
     }
 }
 
-/// Whether a proxy's announced tunnel address can be dialled as is (not empty, not a
-/// wildcard bind address).
+/// Whether a proxy's announced tunnel address can be dialled as is (a `host:port` address,
+/// not a wildcard bind address).
 fn usable_addr(addr: &str) -> bool {
-    let host = match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_matches(|c| c == '[' || c == ']'),
-        None => addr,
-    };
-    !host.is_empty() && !host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+    addr.parse::<HostPort>().is_ok_and(|a| !a.ip().is_some_and(|ip| ip.is_unspecified()))
 }
 
 #[cfg(test)]
@@ -326,5 +323,7 @@ mod tests {
         assert!(!usable_addr(""));
         assert!(!usable_addr("0.0.0.0:3024"));
         assert!(!usable_addr("[::]:3024"));
+        // Malformed (an IPv6 address needs brackets before a port): the tunnel_addr is used.
+        assert!(!usable_addr("proxy:a:3024"));
     }
 }

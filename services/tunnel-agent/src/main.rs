@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
             portcullis_rpc::install_crypto_provider();
             let diag = portcullis_diag::bind(settings.common.diag_addr).await?;
             let result =
-                portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_rpc::telemetry::shutdown_signal()).await;
+                portcullis_tunnel_agent::run_with_diag(settings, diag, portcullis_telemetry::shutdown_signal()).await;
             telemetry.shutdown_async().await;
             result?;
         }

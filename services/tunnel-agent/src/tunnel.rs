@@ -1,31 +1,29 @@
 //! One tunnel to one root proxy: connects over mutual TLS, says Hello, keeps the control
-//! stream alive with heartbeats and hands the proxy's requests to [`crate::dial`].
+//! stream alive with heartbeats and hands the proxy's dials to [`crate::dial`] and its
+//! questions to [`crate::queries`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::proxy_frame::Msg as ProxyMsg;
 use portcullis_proto::tunnel::tunnel_client::TunnelClient;
-use portcullis_proto::tunnel::{AgentFrame, Heartbeat, Hello, ProxyFrame, Welcome};
+use portcullis_proto::tunnel::{AgentFrame, Hello, ProxyFrame, Welcome};
+use portcullis_rpc::Channel;
 use portcullis_rpc::client::error_chain;
 use portcullis_rpc::{ClientTls, RpcError, connect};
+use portcullis_tunnel::{agent_frame, dead_after, heartbeat_interval, heartbeat_now};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use portcullis_rpc::Channel;
 
 use crate::link::LinkEvent;
-use crate::{Agent, VERSION, dial};
+use crate::{Agent, VERSION, dial, queries};
 
 /// Longest wait for the proxy to accept the control stream and welcome us.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Heartbeat interval when the proxy names none.
-const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
-/// Heartbeat intervals without a word from the proxy before the tunnel counts as dead.
-const MISSED_HEARTBEATS: u32 = 3;
 /// Frames queued towards the proxy (heartbeats and answers are small and rare).
 const OUTBOUND_QUEUE: usize = 64;
 /// How long connections dialled through a draining proxy may go on after it left.
@@ -51,7 +49,7 @@ pub enum EndReason {
     Duplicate,
     /// The proxy asked us to go elsewhere.
     Drained,
-    /// No heartbeat for [`MISSED_HEARTBEATS`] intervals.
+    /// No heartbeat for [`portcullis_tunnel::MISSED_HEARTBEATS`] intervals.
     Dead,
     /// The proxy closed the stream or the connection broke.
     Closed,
@@ -69,16 +67,6 @@ pub struct TunnelEnd {
 
 fn ended(reason: EndReason) -> TunnelEnd {
     TunnelEnd { proxy_id: None, up_for: Duration::ZERO, reason }
-}
-
-/// Frame helpers.
-fn frame(msg: AgentMsg) -> AgentFrame {
-    AgentFrame { msg: Some(msg) }
-}
-
-fn heartbeat() -> AgentFrame {
-    let unix_millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    frame(AgentMsg::Heartbeat(Heartbeat { unix_millis }))
 }
 
 /// Runs one tunnel to the proxy reached at `addr` until it ends.
@@ -99,7 +87,7 @@ pub(crate) async fn run(
     let (tx, rx) = mpsc::channel::<AgentFrame>(OUTBOUND_QUEUE);
     // Queued before the call starts, so Hello is the stream's first frame.
     let hello = Hello { agent_id: agent.identity.name.clone(), version: VERSION.to_string() };
-    let _ = tx.send(frame(AgentMsg::Hello(hello))).await;
+    let _ = tx.send(agent_frame(AgentMsg::Hello(hello))).await;
     let mut client = TunnelClient::new(channel.clone());
     let (mut inbound, welcome) = match handshake(&mut client, rx).await {
         Ok(ok) => ok,
@@ -184,10 +172,8 @@ struct Session {
 impl Session {
     /// Serves the control stream until the tunnel ends.
     async fn serve(self, inbound: &mut Streaming<ProxyFrame>, welcome: &Welcome) -> EndReason {
-        let interval = match welcome.heartbeat_seconds {
-            0 => DEFAULT_HEARTBEAT,
-            s => Duration::from_secs(u64::from(s)),
-        };
+        let interval = heartbeat_interval(welcome.heartbeat_seconds);
+        let silent_limit = dead_after(interval);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -197,7 +183,7 @@ impl Session {
         let reason = loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > interval * MISSED_HEARTBEATS {
+                    if last_heard.elapsed() > silent_limit {
                         tracing::warn!(
                             "root cluster {name} proxy {id} at {addr} sent nothing for {}s: the tunnel is dead, reconnecting",
                             last_heard.elapsed().as_secs()
@@ -205,7 +191,7 @@ impl Session {
                         break EndReason::Dead;
                     }
                     // A full queue means the proxy stopped reading; the silence check decides.
-                    let _ = self.tx.try_send(heartbeat());
+                    let _ = self.tx.try_send(agent_frame(AgentMsg::Heartbeat(heartbeat_now())));
                 }
                 received = inbound.message() => match received {
                     Ok(Some(f)) => {
@@ -257,10 +243,10 @@ impl Session {
                 ));
             }
             ProxyMsg::ListNodes(q) => {
-                requests.spawn(dial::answer_nodes(self.agent.clone(), self.tx.clone(), q));
+                requests.spawn(queries::answer_nodes(self.agent.clone(), self.tx.clone(), q));
             }
             ProxyMsg::Authorize(q) => {
-                requests.spawn(dial::answer_authorize(self.agent.clone(), self.tx.clone(), q));
+                requests.spawn(queries::answer_authorize(self.agent.clone(), self.tx.clone(), q));
             }
             ProxyMsg::Drain(d) => {
                 tracing::info!(

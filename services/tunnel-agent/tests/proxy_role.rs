@@ -1,6 +1,8 @@
 //! The agent opens tunnels only to a root server whose certificate has the Proxy role: a
 //! root node's certificate with the right CA and the proxy's name is refused before any
 //! Hello is sent.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 use common::auth::{self, AuthState};
 use common::proxy::{FakeProxy, ProxyState};
 use common::{Pki, RunningAgent, eventually};
-use portcullis_pki::x509::{self, PROXY_SERVER_NAME, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, PROXY_SERVER_NAME, TlsCertRequest, SystemRole};
 use portcullis_proto::tunnel::ProxyInfo;
 
 /// A certificate from `pki.root` for `role`, carrying the proxies' fixed name.
@@ -36,7 +38,7 @@ async fn a_root_node_posing_as_a_proxy_gets_no_tunnel() {
     let auth = Arc::new(AuthState::default());
     let auth_addr = auth::serve(&pki, auth.clone()).await.to_string();
     // A node's certificate (no ServerAuth), and the root auth's (ServerAuth, wrong role).
-    for role in [system_role::NODE, system_role::AUTH] {
+    for role in [SystemRole::Node.as_str(), SystemRole::Auth.as_str()] {
         pki.proxy = root_cert(&pki, role);
         let fake = FakeProxy::start(&pki, ProxyState::new("p1"), "127.0.0.1:0".parse().unwrap());
         fake.state.proxy_set.lock().unwrap().push(ProxyInfo { id: "p1".into(), tunnel_addr: fake.addr.to_string() });
@@ -49,7 +51,7 @@ async fn a_root_node_posing_as_a_proxy_gets_no_tunnel() {
     }
 
     // The same set-up with a real proxy certificate works, so the role made the difference.
-    pki.proxy = root_cert(&pki, system_role::PROXY);
+    pki.proxy = root_cert(&pki, SystemRole::Proxy.as_str());
     let real = FakeProxy::start(&pki, ProxyState::new("p1"), "127.0.0.1:0".parse().unwrap());
     real.state.proxy_set.lock().unwrap().push(ProxyInfo { id: "p1".into(), tunnel_addr: real.addr.to_string() });
     auth.set_targets(vec![pki.target(&real.addr.to_string(), true)]);

@@ -1,4 +1,6 @@
 //! The agent against a fake leaf auth and fake root proxies over real mutual TLS.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -238,7 +238,7 @@ pub fn verify_user_tls(snap: &AccessSnapshot, der: &[u8]) -> Result<TlsIdentity,
     };
     let id = x509::verify_client_cert(der, &cas)
         .map_err(|e| AccessError::Unauthenticated(format!("user certificate rejected: {e}; run 'tsh login'")))?;
-    if !id.has_system_role(x509::system_role::USER) {
+    if !id.has_system_role(x509::SystemRole::User) {
         return Err(AccessError::Denied("not a user certificate".into()));
     }
     Ok(id)

@@ -13,7 +13,7 @@ pub use decide::{
 };
 pub use cache::{AccessCache, CacheStatus};
 pub use error::AccessError;
-pub use resolve::resolve_node;
+pub use resolve::{resolve_node, to_proto_node};
 pub use snapshot::{AccessSnapshot, TrustedRoot, UserLock};
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Which registered node a host name, address or id names.
 
-use portcullis_types::Node;
+use portcullis_types::{HostPort, Node};
 
 use crate::error::AccessError;
 
@@ -8,14 +8,18 @@ use crate::error::AccessError;
 /// registered nodes are ever returned, so a proxy cannot be made to dial anything else.
 /// `cluster` names the cluster in the not-found message.
 pub fn resolve_node(nodes: &[Node], cluster: &str, host: &str, port: u32) -> Result<Node, AccessError> {
-    let with_port = format!("{host}:{port}");
+    // Written the way nodes announce themselves: `[v6]:port` for an IPv6 host.
+    let with_port = match u16::try_from(port) {
+        Ok(p) => HostPort::new(host, p).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    };
     let matches: Vec<&Node> = nodes
         .iter()
         .filter(|n| {
             n.metadata.name == host
                 || n.spec.hostname == host
                 || n.spec.addr == with_port
-                || ((port == 0 || port == 3022) && addr_host(&n.spec.addr) == host)
+                || ((port == 0 || port == 3022) && n.spec.addr.parse::<HostPort>().is_ok_and(|a| a.host() == host))
         })
         .collect();
     match matches.as_slice() {
@@ -32,10 +36,16 @@ pub fn resolve_node(nodes: &[Node], cluster: &str, host: &str, port: u32) -> Res
     }
 }
 
-/// The host part of `host:port` (brackets of an IPv6 address removed).
-fn addr_host(addr: &str) -> &str {
-    match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_matches(|c| c == '[' || c == ']'),
-        None => addr,
+/// A node as the auth API describes it (what `ResolveNode` and `ListNodes` answer); auth and
+/// the proxy's access-cache answers use this one conversion.
+pub fn to_proto_node(n: portcullis_types::Node, cluster: &str) -> portcullis_proto::auth::Node {
+    portcullis_proto::auth::Node {
+        id: n.metadata.name,
+        hostname: n.spec.hostname,
+        addr: n.spec.addr,
+        labels: n.metadata.labels.into_iter().collect(),
+        expires_unix: n.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        cluster: cluster.to_string(),
+        tunnel: n.spec.use_tunnel,
     }
 }

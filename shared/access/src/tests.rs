@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use portcullis_pki::ssh::{self, SshCa, UserCertRequest};
-use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, TlsCa, TlsCertRequest, SystemRole};
 use portcullis_proto::auth::AuthorizeSshRequest;
 use portcullis_types::{Node, RemoteCluster, Role, RoleMapping, RoleSpec};
 
@@ -156,7 +156,7 @@ fn a_locked_user_is_refused_naming_the_lock_until_it_ends() {
     assert!(ask(&snap, &cert, "dev", Some(&snap.nodes[0])).allowed);
     // A lock also closes listings.
     snap.locks[0].until = None;
-    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], system_role::USER)).unwrap();
+    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], SystemRole::User.as_str())).unwrap();
     let e = nodes_visible_to(&snap, &id).unwrap_err();
     assert!(matches!(e, AccessError::Denied(_)) && e.to_string().contains("is locked"), "{e}");
 }
@@ -183,7 +183,7 @@ fn a_deleted_user_is_refused_saying_so() {
     let r = ask(&snap, &cert, "dev", Some(&snap.nodes[0]));
     assert!(!r.allowed);
     assert_eq!(r.reason, "user alice no longer exists in cluster \"leaf\": its certificates are not accepted");
-    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], system_role::USER)).unwrap();
+    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], SystemRole::User.as_str())).unwrap();
     assert!(user_checker(&snap, &id).unwrap_err().to_string().contains("no longer exists"));
 }
 
@@ -199,7 +199,7 @@ fn a_trusted_roots_user_gets_the_mapped_roles() {
     let r = ask(&snap, &cert, "root", Some(&snap.nodes[1]));
     assert!(!r.allowed && r.reason.contains("map to no role"), "{}", r.reason);
     // TLS: verified against the root's CA, access through the map.
-    let id = verify_user_tls(&snap, &root.tls_cert("bob", &["admin"], system_role::USER)).unwrap();
+    let id = verify_user_tls(&snap, &root.tls_cert("bob", &["admin"], SystemRole::User.as_str())).unwrap();
     assert_eq!(user_checker(&snap, &id).unwrap().role_names(), vec!["ops".to_string()]);
     assert_eq!(nodes_visible_to(&snap, &id).unwrap().len(), 2);
 }
@@ -212,7 +212,7 @@ fn a_disabled_root_is_refused() {
     let r = ask(&snap, &cert, "root", Some(&snap.nodes[1]));
     assert!(!r.allowed);
     assert_eq!(r.reason, "trust with cluster \"root\" is disabled: its certificates are not accepted here");
-    let e = verify_user_tls(&snap, &root.tls_cert("bob", &["admin"], system_role::USER)).unwrap_err();
+    let e = verify_user_tls(&snap, &root.tls_cert("bob", &["admin"], SystemRole::User.as_str())).unwrap_err();
     assert_eq!(e, AccessError::Denied("trust with cluster \"root\" is disabled".into()));
 }
 
@@ -224,11 +224,11 @@ fn an_unknown_ca_is_refused() {
     let r = ask(&snap, &cert, "dev", Some(&snap.nodes[0]));
     assert!(!r.allowed && !r.reason.is_empty());
     // Same cluster name, other CA: the TLS certificate is rejected.
-    let e = verify_user_tls(&snap, &stranger.tls_cert("alice", &["dev"], system_role::USER)).unwrap_err();
+    let e = verify_user_tls(&snap, &stranger.tls_cert("alice", &["dev"], SystemRole::User.as_str())).unwrap_err();
     assert!(matches!(e, AccessError::Unauthenticated(ref m) if m.starts_with("user certificate rejected")), "{e}");
     // A cluster nobody trusts.
     let other = Cluster::new("elsewhere");
-    let e = verify_user_tls(&snap, &other.tls_cert("eve", &["dev"], system_role::USER)).unwrap_err();
+    let e = verify_user_tls(&snap, &other.tls_cert("eve", &["dev"], SystemRole::User.as_str())).unwrap_err();
     assert_eq!(e, AccessError::Unauthenticated("cluster \"elsewhere\" is not trusted here".into()));
 }
 
@@ -268,7 +268,7 @@ fn an_ambiguous_name_is_refused_unless_an_id_matches() {
 #[test]
 fn listings_follow_the_roles_labels() {
     let (leaf, _, mut snap) = setup();
-    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], system_role::USER)).unwrap();
+    let id = verify_user_tls(&snap, &leaf.tls_cert("alice", &["dev"], SystemRole::User.as_str())).unwrap();
     let seen: Vec<String> = nodes_visible_to(&snap, &id).unwrap().into_iter().map(|n| n.spec.hostname).collect();
     assert_eq!(seen, vec!["db-1".to_string()]);
     let mut rc = RemoteCluster::new("leaf-2");
@@ -276,7 +276,7 @@ fn listings_follow_the_roles_labels() {
     snap.remote_clusters.push(rc);
     assert_eq!(remote_clusters_visible_to(&snap, &id).unwrap().len(), 1);
     // A node certificate is no user's.
-    let e = verify_user_tls(&snap, &leaf.tls_cert("host-1", &[], system_role::NODE)).unwrap_err();
+    let e = verify_user_tls(&snap, &leaf.tls_cert("host-1", &[], SystemRole::Node.as_str())).unwrap_err();
     assert_eq!(e, AccessError::Denied("not a user certificate".into()));
 }
 

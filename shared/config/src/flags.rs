@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// `start` flags shared by all services (SPEC §1).
+/// `start` flags shared by all services.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonFlags {
     /// Path to the YAML configuration file.

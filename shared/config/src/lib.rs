@@ -20,7 +20,7 @@ pub use settings::{
 };
 pub use storage::{ConnString, StorageSettings};
 
-/// Default ports, as SPEC §1 fixes them.
+/// Default ports (Teleport's, so guides and firewall rules written for it apply).
 pub mod ports {
     pub const AUTH: u16 = 3025;
     pub const PROXY_WEB: u16 = 3080;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use portcullis_pki::Secret;
+use portcullis_types::HostPort;
 
 use crate::file::{FileConfig, LogFormat, OneOrMany};
 use crate::{CommonFlags, ConfigError, ports};
@@ -134,14 +135,13 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     Ok(out)
 }
 
-/// Appends the default port when `addr` has none.
+/// Appends the default port when `addr` has none (bracketing a bare IPv6 address).
 pub fn with_default_port(addr: &str, port: u16) -> String {
-    let a = addr.trim();
-    let has_port = match a.rsplit_once(':') {
-        Some((host, p)) => p.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
-        None => false,
-    };
-    if has_port { a.to_string() } else { format!("{a}:{port}") }
+    match HostPort::parse_with_default(addr, port) {
+        Ok(a) => a.to_string(),
+        // Not an address: kept as written (with the port) so the dial error shows it.
+        Err(_) => format!("{}:{port}", addr.trim()),
+    }
 }
 
 /// The auth servers to use: `--auth-server` (repeated or comma-separated) replaces the
@@ -162,14 +162,9 @@ fn auth_server_list(one: Option<&str>, many: &[String], flags: &[String]) -> Res
         if a.contains(char::is_whitespace) || a.contains('/') {
             return Err(ConfigError::invalid(key, format!("{a:?} is not a host:port address")));
         }
-        let full = with_default_port(a, ports::AUTH);
-        let valid = match full.rsplit_once(':') {
-            Some((host, _)) => !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))),
-            None => false,
-        };
-        if !valid {
+        let Ok(full) = HostPort::parse_with_default(a, ports::AUTH).map(|h| h.to_string()) else {
             return Err(ConfigError::invalid(key, format!("{a:?} is not a host:port address")));
-        }
+        };
         if !out.contains(&full) {
             out.push(full);
         }
@@ -520,5 +515,6 @@ ssh_service:
         assert_eq!(with_default_port("h", 3080), "h:3080");
         assert_eq!(with_default_port("h:1", 3080), "h:1");
         assert_eq!(with_default_port("[::1]:5", 3080), "[::1]:5");
+        assert_eq!(with_default_port("::1", 3080), "[::1]:3080");
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use portcullis_pki::Secret;
+use portcullis_types::HostPort;
 
 use crate::ConfigError;
 use crate::file::StorageSection;
@@ -119,16 +120,9 @@ fn conn_addr(conn: &str) -> String {
     let hosts: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
-        .map(|h| if has_port(h) { h.to_string() } else { format!("{h}:5432") })
+        .map(|h| HostPort::parse_with_default(h, 5432).map_or_else(|_| h.to_string(), |a| a.to_string()))
         .collect();
     if hosts.is_empty() { "localhost:5432".into() } else { hosts.join(",") }
-}
-
-fn has_port(h: &str) -> bool {
-    match h.rsplit_once(':') {
-        Some((host, p)) => !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']')),
-        None => false,
-    }
 }
 
 fn kv_addr(conn: &str) -> String {
@@ -141,7 +135,10 @@ fn kv_addr(conn: &str) -> String {
             _ => {}
         }
     }
-    format!("{host}:{port}")
+    match port.parse::<u16>() {
+        Ok(p) => HostPort::new(host, p).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    }
 }
 
 #[cfg(test)]
@@ -213,5 +210,6 @@ mod tests {
         assert_eq!(conn_addr("postgresql:///db"), "localhost:5432");
         assert_eq!(conn_addr("host=db port=5433 user=u password=secret"), "db:5433");
         assert_eq!(conn_addr("user=u password=secret"), "localhost:5432");
+        assert_eq!(conn_addr("host=::1 port=5433"), "[::1]:5433");
     }
 }

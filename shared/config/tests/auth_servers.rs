@@ -1,5 +1,7 @@
 //! `teleport.auth_servers` and `--auth-server`: several auth servers, from the file or the
 //! command line (repeated or comma-separated), each with the default port when it has none.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use clap::Parser;
 use portcullis_config::{CommonFlags, FileConfig, NodeSettings};

@@ -27,23 +27,6 @@ pub fn configure_socket(tcp: &TcpStream, interval: Duration) {
     }
 }
 
-/// For servers that accept sockets themselves (actix-web): admits `tcp` through `gate` and
-/// sets it up, or shuts it down at once when a limit refuses it (the server then sees it
-/// close). The guard must live as long as the connection.
-pub fn admit_stream(gate: &Gate, tcp: &TcpStream) -> Option<ConnGuard> {
-    let peer = tcp.peer_addr().ok()?;
-    match gate.admit(peer) {
-        Ok(guard) => {
-            configure_socket(tcp, gate.limits().keepalive_interval);
-            Some(guard)
-        }
-        Err(_) => {
-            let _ = SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
-            None
-        }
-    }
-}
-
 /// A listener whose `accept` yields only admitted connections.
 #[derive(Debug)]
 pub struct GatedListener {

@@ -9,7 +9,7 @@ mod preauth;
 mod rlimit;
 mod tls;
 
-pub use accept::{GatedListener, admit_stream, configure_socket};
+pub use accept::{GatedListener, configure_socket};
 pub use gate::{ConnGuard, Gate, Refusal, open_connections_family, refused_connections_family};
 pub use portcullis_config::ConnectionLimits;
 pub use preauth::{Cuttable, Expired, PreAuth};

@@ -5,14 +5,16 @@ pub mod datadir;
 pub mod error;
 pub mod identity;
 pub mod kek;
-pub mod secret;
+
 pub mod ssh;
 pub mod transport;
+pub mod verify;
 pub mod x509;
 
 pub use error::PkiError;
 pub use identity::Identity;
-pub use secret::Secret;
+/// One secret newtype for the workspace; it lives in types so the web API bodies use it too.
+pub use portcullis_types::Secret;
 
 /// Seconds since the Unix epoch, the unit of SSH certificate validity.
 pub fn unix_now() -> u64 {

@@ -192,7 +192,8 @@ impl SshCa {
         Ok(b.sign(&self.key)?)
     }
 
-    /// Signs a host certificate with the principals SPEC §6 lists.
+    /// Signs a host certificate valid for `host_id.cluster`, `host_id`, `nodename.cluster`,
+    /// `nodename` and the additional principals.
     pub fn sign_host_cert(&self, req: &HostCertRequest) -> Result<Certificate, PkiError> {
         let mut b = self.builder(&req.public_key, req.ttl)?;
         b.cert_type(CertType::Host)?;

@@ -12,6 +12,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{PkiError, Secret, random_bytes};
 
+/// The one system-role vocabulary, re-exported for crates that only know certificates.
+pub use portcullis_types::SystemRole;
+
 /// Name every auth service certificate carries, so clients can check it whatever address
 /// they dialled.
 pub const AUTH_SERVER_NAME: &str = "auth.portcullis.local";
@@ -32,22 +35,12 @@ pub fn is_reserved_server_name(name: &str) -> bool {
 /// the auth service and proxies (tunnel server) do. Nodes, agents, users and admins are
 /// clients only, so their certificates can never pose as a server to a WebPKI check.
 pub fn serves_tls(system_roles: &[String]) -> bool {
-    system_roles.iter().any(|r| r == system_role::AUTH || r == system_role::PROXY)
+    system_roles.iter().any(|r| *r == SystemRole::Auth || *r == SystemRole::Proxy)
 }
 
 /// Private-arc OID for the extension that carries roles, traits and route (JSON).
 const IDENTITY_EXT_OID: &[u64] = &[1, 3, 9999, 7, 1];
 const IDENTITY_EXT_OID_STR: &str = "1.3.9999.7.1";
-
-/// System roles, written as the certificate's organizational units.
-pub mod system_role {
-    pub const ADMIN: &str = "Admin";
-    pub const AUTH: &str = "Auth";
-    pub const NODE: &str = "Node";
-    pub const PROXY: &str = "Proxy";
-    pub const AGENT: &str = "Agent";
-    pub const USER: &str = "User";
-}
 
 /// A fresh ECDSA P-256 key for a TLS identity.
 pub fn generate_key() -> Result<KeyPair, PkiError> {
@@ -67,7 +60,8 @@ pub struct TlsIdentity {
     pub name: String,
     /// Cluster that issued it.
     pub cluster: String,
-    /// System roles (`Admin`, `Node`, `Proxy`, `Agent`, `User`).
+    /// System roles as the certificate spells them ([`SystemRole::as_str`]: `Admin`, `Node`,
+    /// ...); kept as text so a role this version does not know is carried, granting nothing.
     pub system_roles: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
@@ -85,8 +79,8 @@ pub struct TlsIdentity {
 }
 
 impl TlsIdentity {
-    pub fn has_system_role(&self, role: &str) -> bool {
-        self.system_roles.iter().any(|r| r == role)
+    pub fn has_system_role(&self, role: SystemRole) -> bool {
+        self.system_roles.iter().any(|r| *r == role)
     }
 }
 
@@ -363,7 +357,7 @@ mod tests {
             .issue(&TlsCertRequest {
                 public_key_der: public_key_der(&key),
                 name: "alice".into(),
-                system_roles: vec![system_role::USER.into()],
+                system_roles: vec![SystemRole::User.into()],
                 roles: vec!["access".into()],
                 traits: BTreeMap::from([("logins".into(), vec!["alice".into()])]),
                 route_to_cluster: "leaf".into(),
@@ -389,12 +383,12 @@ mod tests {
         let ca = TlsCa::generate("c").unwrap();
         let key = generate_key().unwrap();
         for (role, serves) in [
-            (system_role::AUTH, true),
-            (system_role::PROXY, true),
-            (system_role::NODE, false),
-            (system_role::AGENT, false),
-            (system_role::USER, false),
-            (system_role::ADMIN, false),
+            (SystemRole::Auth, true),
+            (SystemRole::Proxy, true),
+            (SystemRole::Node, false),
+            (SystemRole::Agent, false),
+            (SystemRole::User, false),
+            (SystemRole::Admin, false),
         ] {
             let pem = ca
                 .issue(&TlsCertRequest {

@@ -14,7 +14,9 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::traced::TracedChannel;
 
-use crate::verify::{InsecureVerifier, PinVerifier, RoleVerifier, ca_verifier, find_wrong_role, server_role_for};
+use portcullis_pki::verify::{
+    InsecureAcceptAnyServer, PinnedCaVerifier, find_wrong_role, roots_from_ders, server_chain, server_role_for, with_role,
+};
 use crate::{RpcError, crypto_provider};
 
 /// How the client decides to trust the server.
@@ -69,12 +71,13 @@ impl ClientTls {
                 for p in pems {
                     ders.extend(portcullis_pki::x509::pem_to_ders(p)?);
                 }
-                ca_verifier(&ders).map_err(|e| tls(&e))?
+                server_chain(roots_from_ders(&ders).map_err(|e| tls(&e))?).map_err(|e| tls(&e))?
             }
-            Trust::Pins(pins) => Arc::new(PinVerifier { pins: pins.clone() }),
-            Trust::Insecure => Arc::new(InsecureVerifier),
+            Trust::Pins(pins) => Arc::new(PinnedCaVerifier::new(pins.clone())),
+            // The operator asked for it (first join with --insecure); the role is still checked.
+            Trust::Insecure => Arc::new(InsecureAcceptAnyServer::dangerously_new()),
         };
-        let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(RoleVerifier { inner, role }));
+        let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(with_role(inner, role)));
         let mut cfg = match &self.identity {
             Some((cert, key)) => {
                 let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(cert.as_bytes()).collect();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use portcullis_types::{HostPort, HostPortError};
 use rustls_pki_types::ServerName;
 use tonic::Status;
 use tonic::body::Body;
@@ -123,13 +124,15 @@ impl std::fmt::Debug for Failover {
 /// Splits `host:port` (`[v6]:port` too); the port is required.
 fn split_addr(addr: &str) -> Result<(String, u16), RpcError> {
     let bad = |why: &str| RpcError::Connect { addr: addr.to_string(), reason: why.to_string() };
-    let (host, port) = addr.trim().rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
-    let port = port.parse::<u16>().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return Err(bad("expected host:port"));
+    let parsed = addr.parse::<HostPort>().map_err(|e| match e {
+        HostPortError::BadPort { .. } => bad("the port is not a number from 1 to 65535"),
+        _ => bad("expected host:port"),
+    })?;
+    match parsed.port() {
+        Some(port) if port != 0 => Ok((parsed.host().to_string(), port)),
+        Some(_) => Err(bad("the port is not a number from 1 to 65535")),
+        None => Err(bad("expected host:port")),
     }
-    Ok((host.to_string(), port))
 }
 
 impl Failover {
@@ -440,5 +443,8 @@ mod tests {
         assert!(e.contains("auth-a") && e.contains("host:port"), "{e}");
         let e = split_addr("auth-a:x").unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
+        // A bare IPv6 address has no port; with one it needs brackets.
+        let e = split_addr("::1").unwrap_err().to_string();
+        assert!(e.contains("host:port"), "{e}");
     }
 }

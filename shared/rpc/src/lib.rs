@@ -1,5 +1,5 @@
 //! gRPC plumbing shared by every process: mutual-TLS clients and servers, the caller's
-//! identity, and logging set-up.
+//! identity.
 #![forbid(unsafe_code)]
 
 pub mod audit_spool;
@@ -8,26 +8,18 @@ pub mod failover;
 pub mod join;
 pub mod peer;
 pub mod rate_limit;
+mod read_buffer;
 pub mod server;
 pub mod ssh_ident;
-pub mod telemetry;
 mod traced;
-pub mod verify;
 
 pub use client::{ClientTls, Trust, connect, connect_auth, connect_auth_lazy, connect_lazy};
 
-/// A TCP stream with a read buffer under TLS. rustls reads the socket 4 KiB at a time; with
-/// reads of a whole TLS record (16 KiB and a little framing) underneath, bulk streams
-/// (tunnelled sessions) cost a quarter of the `recv` calls. Writes pass straight through.
-pub type ReadBuffered = tokio::io::BufReader<tokio::net::TcpStream>;
-
-/// Read buffer under TLS: one full TLS record. Not larger: the buffer is allocated (and
-/// zeroed) per connection, and a root proxy holds a connection per leaf tunnel.
-const TLS_READ_BUFFER: usize = 17 * 1024;
+pub use read_buffer::ReadBuffered;
 
 /// Wraps `tcp` for TLS; see [`ReadBuffered`].
 pub fn read_buffered(tcp: tokio::net::TcpStream) -> ReadBuffered {
-    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp)
+    ReadBuffered::new(tcp)
 }
 
 /// Largest HTTP/2 frame a Portcullis gRPC endpoint accepts: one 64 KiB tunnel chunk plus its
@@ -55,10 +47,8 @@ pub enum RpcError {
     AuditSpool(#[from] audit_spool::SpoolError),
 }
 
-/// The rustls crypto provider used everywhere (ring, per DEPENDENCIES.md).
-pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
-}
+/// The rustls crypto provider used everywhere (ring); it lives with the verifiers.
+pub use portcullis_pki::verify::crypto_provider;
 
 /// Installs ring as the process-wide rustls provider; harmless when already done.
 pub fn install_crypto_provider() {

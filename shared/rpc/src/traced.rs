@@ -30,16 +30,6 @@ impl TracedChannel {
     }
 }
 
-struct HeaderInjector<'a>(&'a mut http::HeaderMap);
-
-impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value)) {
-            self.0.insert(k, v);
-        }
-    }
-}
-
 impl tower::Service<http::Request<Body>> for TracedChannel {
     type Response = http::Response<Body>;
     /// A `tonic::Status` when every auth server failed (tonic hands it to the caller as is).
@@ -55,9 +45,7 @@ impl tower::Service<http::Request<Body>> for TracedChannel {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let cx = tracing::Span::current().context();
-        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(req.headers_mut())));
+        portcullis_telemetry::inject_headers(req.headers_mut());
         match &mut self.0 {
             Inner::One(c) => {
                 let fut = tower::Service::call(c, req);

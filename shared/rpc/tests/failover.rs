@@ -2,6 +2,8 @@
 //! silent server is left within 2 s without a failed call, a server that comes back is used
 //! again, a name with several addresses counts as several servers, and when nothing answers
 //! the error names every address and why.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use portcullis_pki::x509::{self, AUTH_SERVER_NAME, TlsCa, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, AUTH_SERVER_NAME, TlsCa, TlsCertRequest, SystemRole};
 use portcullis_proto::auth::auth_client::AuthClient;
 use portcullis_proto::auth::{StatusRequest, StatusResponse, UpsertResourceRequest, UpsertResourceResponse};
 use portcullis_rpc::failover::{Failover, Resolve};
@@ -34,7 +36,7 @@ fn pki() -> Pki {
         .issue(&TlsCertRequest {
             public_key_der: x509::public_key_der(&key),
             name: "auth".into(),
-            system_roles: vec![system_role::AUTH.into()],
+            system_roles: vec![SystemRole::Auth.into()],
             dns_names: vec![AUTH_SERVER_NAME.into()],
             ttl: Duration::from_secs(600),
             ..Default::default()

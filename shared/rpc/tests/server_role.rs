@@ -1,12 +1,14 @@
 //! Every client checks the server's system role as well as its CA and name: a certificate
 //! from the right CA with the right name but another role (a node's, even one issued before
 //! nodes lost the ServerAuth usage) is refused, with the role and the address in the error.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_pki::x509::{self, AUTH_SERVER_NAME, PROXY_SERVER_NAME, TlsCa, TlsCertRequest, system_role};
-use portcullis_rpc::verify::{RoleVerifier, ca_verifier, check_server_role};
+use portcullis_pki::x509::{self, AUTH_SERVER_NAME, PROXY_SERVER_NAME, TlsCa, TlsCertRequest, SystemRole};
+use portcullis_pki::verify::{check_server_role, roots_from_ders, server_chain, with_role};
 use portcullis_rpc::{ClientTls, Trust};
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -37,7 +39,7 @@ fn legacy_node_cert(ca: &TlsCa, cluster: &str) -> (String, String) {
     let mut params = rcgen::CertificateParams::new(vec![AUTH_SERVER_NAME.to_string()]).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "evil-node");
     params.distinguished_name.push(rcgen::DnType::OrganizationName, cluster);
-    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, system_role::NODE);
+    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, SystemRole::Node.as_str());
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let now = time::OffsetDateTime::now_utc();
@@ -52,7 +54,7 @@ fn der(pem: &str) -> CertificateDer<'static> {
 }
 
 fn verify(ca: &TlsCa, role: &'static str, cert_pem: &str, name: &'static str) -> Result<(), rustls::Error> {
-    let v = RoleVerifier { inner: ca_verifier(&x509::pem_to_ders(ca.cert_pem()).unwrap()).unwrap(), role };
+    let v = with_role(server_chain(roots_from_ders(&x509::pem_to_ders(ca.cert_pem()).unwrap()).unwrap()).unwrap(), role);
     v.verify_server_cert(&der(cert_pem), &[], &ServerName::try_from(name).unwrap(), &[], UnixTime::now())
         .map(|_| ())
 }
@@ -61,25 +63,25 @@ fn verify(ca: &TlsCa, role: &'static str, cert_pem: &str, name: &'static str) ->
 fn verifier_refuses_a_node_certificate_with_the_right_ca_and_name() {
     portcullis_rpc::install_crypto_provider();
     let ca = TlsCa::generate("c.example.com").unwrap();
-    let (auth, _) = issue(&ca, system_role::AUTH, &[AUTH_SERVER_NAME]);
-    let (proxy, _) = issue(&ca, system_role::PROXY, &[PROXY_SERVER_NAME]);
-    let (node, _) = issue(&ca, system_role::NODE, &[AUTH_SERVER_NAME]);
+    let (auth, _) = issue(&ca, SystemRole::Auth.as_str(), &[AUTH_SERVER_NAME]);
+    let (proxy, _) = issue(&ca, SystemRole::Proxy.as_str(), &[PROXY_SERVER_NAME]);
+    let (node, _) = issue(&ca, SystemRole::Node.as_str(), &[AUTH_SERVER_NAME]);
     let (legacy, _) = legacy_node_cert(&ca, "c.example.com");
-    let (proxy_as_auth, _) = issue(&ca, system_role::PROXY, &[AUTH_SERVER_NAME]);
+    let (proxy_as_auth, _) = issue(&ca, SystemRole::Proxy.as_str(), &[AUTH_SERVER_NAME]);
 
-    verify(&ca, system_role::AUTH, &auth, AUTH_SERVER_NAME).unwrap();
-    verify(&ca, system_role::PROXY, &proxy, PROXY_SERVER_NAME).unwrap();
+    verify(&ca, SystemRole::Auth.as_str(), &auth, AUTH_SERVER_NAME).unwrap();
+    verify(&ca, SystemRole::Proxy.as_str(), &proxy, PROXY_SERVER_NAME).unwrap();
     for (what, pem, role, name, presented) in [
-        ("node", &node, system_role::AUTH, AUTH_SERVER_NAME, "Node"),
-        ("legacy node with ServerAuth", &legacy, system_role::AUTH, AUTH_SERVER_NAME, "Node"),
-        ("proxy posing as auth", &proxy_as_auth, system_role::AUTH, AUTH_SERVER_NAME, "Proxy"),
-        ("auth posing as proxy", &auth, system_role::PROXY, PROXY_SERVER_NAME, "Auth"),
+        ("node", &node, SystemRole::Auth.as_str(), AUTH_SERVER_NAME, "Node"),
+        ("legacy node with ServerAuth", &legacy, SystemRole::Auth.as_str(), AUTH_SERVER_NAME, "Node"),
+        ("proxy posing as auth", &proxy_as_auth, SystemRole::Auth.as_str(), AUTH_SERVER_NAME, "Proxy"),
+        ("auth posing as proxy", &auth, SystemRole::Proxy.as_str(), PROXY_SERVER_NAME, "Auth"),
     ] {
         let e = verify(&ca, role, pem, name).unwrap_err().to_string();
         assert!(e.contains(&format!("a certificate for role {presented}, not {role}")), "{what}: {e}");
     }
     // The plain role check says the same.
-    let w = check_server_role(der(&legacy).as_ref(), system_role::AUTH).unwrap_err();
+    let w = check_server_role(der(&legacy).as_ref(), SystemRole::Auth.as_str()).unwrap_err();
     assert_eq!(w.presented, vec!["Node"]);
 }
 
@@ -123,7 +125,7 @@ async fn client_refuses_a_node_posing_as_auth_and_sends_nothing() {
     portcullis_rpc::install_crypto_provider();
     let ca = TlsCa::generate("c.example.com").unwrap();
     for (what, (cert, key)) in
-        [("legacy", legacy_node_cert(&ca, "c.example.com")), ("current", issue(&ca, system_role::NODE, &[AUTH_SERVER_NAME]))]
+        [("legacy", legacy_node_cert(&ca, "c.example.com")), ("current", issue(&ca, SystemRole::Node.as_str(), &[AUTH_SERVER_NAME]))]
     {
         let (addr, server) = fake_server(cert, key).await;
         let tls = ClientTls {

@@ -1,5 +1,7 @@
 //! The compliance suite against memory, sled and PostgreSQL, plus what only PostgreSQL has:
 //! several processes on one database, a server restart under load, TLS and bad addresses.
+// Test code: a panic is how a test fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -3,8 +3,10 @@
 //! carried across processes.
 #![forbid(unsafe_code)]
 
+pub mod logging;
 pub mod preamble;
 pub mod propagate;
+pub mod shutdown;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -17,9 +19,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use logging::init_logging;
+pub use shutdown::shutdown_signal;
 pub use propagate::{
-    MetadataInjector, context_from_map, context_from_metadata, current_trace_map, current_traceparent,
-    inject_metadata, set_parent_from_map, set_parent_from_metadata,
+    HeaderInjector, MetadataInjector, context_from_map, context_from_metadata, current_trace_map, current_traceparent,
+    inject_headers, inject_metadata, set_parent_from_map, set_parent_from_metadata,
 };
 
 /// The W3C header (and map key) carrying trace context.
@@ -168,7 +172,7 @@ pub fn init(opts: Options) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     // Dependencies are loud at debug; keep them at info unless RUST_LOG says otherwise.
     let directive = format!(
-        "{sev},h2=info,hyper=info,hyper_util=info,tower=info,sled=info,russh=info,rustls=info,tonic=info,actix_server=warn,actix_web=info,opentelemetry=warn,opentelemetry_sdk=warn",
+        "{sev},h2=info,hyper=info,hyper_util=info,tower=info,sled=info,russh=info,rustls=info,tonic=info,actix=info,opentelemetry=warn,opentelemetry_sdk=warn",
         sev = opts.severity
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));

@@ -40,6 +40,17 @@ impl Injector for MetadataInjector<'_> {
     }
 }
 
+/// Writes trace context into HTTP headers (a gRPC request before tonic encodes it).
+pub struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value)) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
 struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
 
 impl Extractor for MetadataExtractor<'_> {
@@ -77,6 +88,12 @@ pub fn inject_metadata(md: &mut tonic::metadata::MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataInjector(md)));
 }
 
+/// Adds the current span's context to outgoing HTTP headers.
+pub fn inject_headers(headers: &mut http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
 /// A context from a map.
 pub fn context_from_map(map: &HashMap<String, String>) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapExtractor(map)))
@@ -98,5 +115,28 @@ pub fn set_parent_from_map(span: &tracing::Span, map: &HashMap<String, String>) 
 pub fn set_parent_from_metadata(span: &tracing::Span, md: &tonic::metadata::MetadataMap) {
     if md.contains_key(crate::TRACEPARENT) {
         let _ = span.set_parent(context_from_metadata(md));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_injector_writes_valid_headers_and_skips_invalid_ones() {
+        let mut headers = http::HeaderMap::new();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        HeaderInjector(&mut headers).set(crate::TRACEPARENT, tp.to_string());
+        HeaderInjector(&mut headers).set("bad key", "x".into());
+        HeaderInjector(&mut headers).set("tracestate", "bad\nvalue".into());
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.get(crate::TRACEPARENT).and_then(|v| v.to_str().ok()), Some(tp));
+    }
+
+    #[test]
+    fn nothing_is_injected_outside_an_exported_span() {
+        let mut headers = http::HeaderMap::new();
+        inject_headers(&mut headers);
+        assert!(headers.get(crate::TRACEPARENT).is_none());
     }
 }

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::labels::{Labels, format_labels, format_selector, match_labels};
 use crate::role::{Role, RoleConditions};
+use crate::rule::Permission;
 use crate::traits::{Traits, expand_template};
 
 /// Why access was refused; the message is meant for the user and the audit log.
@@ -183,6 +184,30 @@ impl AccessChecker {
             self.role_list(),
             describe_labels(cluster_labels)
         )))
+    }
+
+    /// Decides a permission of an admin call by the roles' resource rules: a matching deny
+    /// rule refuses outright (deny wins), otherwise some role must allow it. The message
+    /// follows the subject: `may not create trusted_cluster: no role allows it`.
+    pub fn check_permission(&self, p: Permission) -> Result<(), AccessDenied> {
+        let denied_by = self
+            .roles
+            .iter()
+            .find(|r| r.spec.deny.rules.iter().any(|rule| rule.denies(p)));
+        if let Some(role) = denied_by {
+            return Err(AccessDenied::new(format!(
+                "may not {p}: denied by role \"{}\"",
+                role.metadata.name
+            )));
+        }
+        if self
+            .roles
+            .iter()
+            .any(|r| r.spec.allow.rules.iter().any(|rule| rule.grants(p)))
+        {
+            return Ok(());
+        }
+        Err(AccessDenied::new(format!("may not {p}: no role allows it")))
     }
 
     /// The strictest `max_session_ttl` of the roles that set one.

@@ -362,3 +362,56 @@ fn other_principal_lists() {
     assert_eq!(checker.db_users(), ["postgres"]);
     assert!(checker.aws_role_arns().is_empty());
 }
+
+fn rules_role(name: &str, allow: Vec<crate::rule::Rule>, deny: Vec<crate::rule::Rule>) -> Role {
+    let mut r = Role::new(name, RoleSpec::default());
+    r.spec.allow.rules = allow;
+    r.spec.deny.rules = deny;
+    r
+}
+
+#[test]
+fn permissions_come_from_rules_and_deny_wins() {
+    use crate::rule::{ANY, Permission, Rule, verb};
+    let create_token = Permission::new("token", verb::CREATE);
+    let list_rc = Permission::new("remote_cluster", verb::LIST);
+    let viewer = rules_role(
+        "rc-viewer",
+        vec![Rule::new(&["remote_cluster"], &["list", "read"])],
+        vec![],
+    );
+    let checker = AccessChecker::new(vec![viewer.clone()], Traits::new());
+    checker.check_permission(list_rc).unwrap();
+    assert_eq!(
+        checker.check_permission(create_token).unwrap_err().message,
+        "may not create token: no role allows it"
+    );
+
+    let editor = crate::role::preset_roles().remove(1);
+    let no_tokens = rules_role("no-tokens", vec![], vec![Rule::new(&["token"], &["*"])]);
+    let both = AccessChecker::new(vec![editor.clone(), no_tokens], Traits::new());
+    both.check_permission(list_rc).unwrap();
+    assert_eq!(
+        both.check_permission(create_token).unwrap_err().message,
+        "may not create token: denied by role \"no-tokens\""
+    );
+    assert_eq!(
+        both.check_permission(Permission::new(ANY, verb::CREATE))
+            .unwrap_err()
+            .message,
+        "may not create every resource: denied by role \"no-tokens\""
+    );
+
+    // The role's name grants nothing: an editor whose rules were emptied is refused.
+    let mut emptied = editor;
+    emptied.spec.allow.rules.clear();
+    let e = AccessChecker::new(vec![emptied], Traits::new())
+        .check_permission(create_token)
+        .unwrap_err();
+    assert_eq!(e.message, "may not create token: no role allows it");
+    assert!(
+        AccessChecker::new(vec![], Traits::new())
+            .check_permission(list_rc)
+            .is_err()
+    );
+}

@@ -1,4 +1,4 @@
-//! Tests for decoding resources from YAML, using the seed documents' examples.
+//! Tests for decoding resources from YAML, using examples in the forms Teleport's guides print.
 
 use super::*;
 use crate::labels::LabelValues;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::error::TypesError;
 use crate::labels::{LabelValues, Labels, WILDCARD, validate_selector};
 use crate::resource::{Kind, Metadata, check, check_keys, validate_envelope};
+use crate::rule::{ANY, Rule, verb};
 use crate::traits::validate_template;
 
 pub const VERSIONS: &[&str] = &["v3", "v4", "v5", "v6", "v7"];
@@ -102,13 +103,13 @@ pub struct RoleConditions {
         deserialize_with = "crate::serde_util::string_or_vec"
     )]
     pub aws_role_arns: Vec<String>,
-    /// Resource rules (`tctl` permissions) are accepted for compatibility but not enforced.
+    /// Resource rules: the admin calls (`tctl`) a user may make (see [`crate::rule`]).
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "crate::serde_util::null_default"
     )]
-    pub rules: Vec<Value>,
+    pub rules: Vec<Rule>,
     /// Other Teleport condition keys (`app_labels`, `kubernetes_resources`, ...): kept, unused.
     /// Only the names in `TELEPORT_CONDITION_KEYS` are accepted so typos are still reported.
     #[serde(flatten)]
@@ -207,6 +208,10 @@ impl Role {
                 .map_err(invalid)?;
             validate_selector(&cond.cluster_labels, &format!("{path}.cluster_labels"))
                 .map_err(invalid)?;
+            for (i, rule) in cond.rules.iter().enumerate() {
+                rule.check()
+                    .map_err(|e| invalid(format!("{path}.rules[{i}] {e}")))?;
+            }
             for (field, values) in [
                 ("logins", &cond.logins),
                 ("kubernetes_groups", &cond.kubernetes_groups),
@@ -269,8 +274,15 @@ pub(crate) fn check_spec(v: &Value, path: &str) -> Result<(), String> {
     check::<RoleSpec>(v, path)
 }
 
+/// The rules of the preset `editor` role: every read-write verb on every kind of resource,
+/// so its holders make every admin call (`tctl`), as they always have.
+pub fn editor_rules() -> Vec<Rule> {
+    vec![Rule::new(&[ANY], &verb::READ_WRITE)]
+}
+
 /// The roles every cluster starts with, as in Teleport: `access` (SSH with the user's own
-/// logins to every node), `editor` and `auditor` (administrative, no node logins).
+/// logins to every node), `editor` (every admin call, through its rules; no node logins) and
+/// `auditor` (no node logins; grants nothing else yet).
 pub fn preset_roles() -> Vec<Role> {
     let max_ttl = Some(Duration::from_secs(30 * 3600));
     let everything: Labels = [(WILDCARD.to_string(), LabelValues::one(WILDCARD))].into();
@@ -305,7 +317,11 @@ pub fn preset_roles() -> Vec<Role> {
         "editor",
         RoleSpec {
             options: admin_options.clone(),
-            ..Default::default()
+            allow: RoleConditions {
+                rules: editor_rules(),
+                ..Default::default()
+            },
+            deny: RoleConditions::default(),
         },
     );
     editor.metadata.description = "Edit cluster configuration".into();
@@ -334,6 +350,18 @@ mod tests {
         }
         assert_eq!(presets[0].spec.allow.logins, ["{{internal.logins}}"]);
         assert!(presets[1].spec.allow.logins.is_empty());
+        assert_eq!(presets[1].spec.allow.rules, editor_rules());
+        assert!(presets[2].spec.allow.rules.is_empty());
+    }
+
+    #[test]
+    fn rules_without_verbs_are_reported_with_their_place() {
+        let mut role = Role::new("x", RoleSpec::default());
+        role.spec.deny.rules = vec![Rule::new(&["user"], &["read"]), Rule::new(&["user"], &[])];
+        assert_eq!(
+            role.validate().unwrap_err().to_string(),
+            "role \"x\": spec.deny.rules[1] names no verbs"
+        );
     }
 
     #[test]

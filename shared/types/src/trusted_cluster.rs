@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::addr::HostPort;
 use crate::error::TypesError;
 use crate::resource::{Kind, Metadata, validate_envelope};
 use crate::role_map::{RoleMapping, validate_role_map};
@@ -197,22 +198,11 @@ fn effective_addr(configured: &str, name: &str, port: u16) -> String {
     if addr.is_empty() {
         return format!("{name}:{port}");
     }
-    if has_port(addr) {
-        addr.to_string()
-    } else if addr.contains(':') && !addr.starts_with('[') {
-        // A bare IPv6 address needs brackets before a port can follow.
-        format!("[{addr}]:{port}")
-    } else {
-        format!("{addr}:{port}")
+    match HostPort::parse_with_default(addr, port) {
+        Ok(a) => a.to_string(),
+        // Not an address at all: passed on as written, so the dial error shows it.
+        Err(_) => addr.to_string(),
     }
-}
-
-fn has_port(addr: &str) -> bool {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    let bracketed_or_plain = host.ends_with(']') || !host.contains(':');
-    bracketed_or_plain && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

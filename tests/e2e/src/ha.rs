@@ -1,5 +1,5 @@
 //! Clusters with several auth processes on one PostgreSQL database and one KEK file, and
-//! proxies, nodes and agents given every auth address (SPEC §9).
+//! proxies, nodes and agents given every auth address (`auth_servers`, see docs/architecture.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,6 +10,8 @@
 //!
 //! Runs whenever a Docker engine answers `docker info`; with `CI=true` it is required (it
 //! fails instead of skipping when Docker or Compose is missing).
+// Test code: a panic is how it fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -18,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::bin_dir;
+use portcullis_types::HostPort;
 
 const LEAF: &str = "leaf.lab.portcullis.local";
 const PASSWORD: &str = "compose-e2e-password";
@@ -342,8 +345,8 @@ fn compose_lab_end_to_end() {
                 .ok(&format!("ss in {s}"));
         // Loopback listeners (diagnostics, Docker's DNS) are out of reach by construction.
         ports.extend(listening.stdout.lines().filter_map(|l| {
-            let (addr, port) = l.split_whitespace().nth(3)?.rsplit_once(':')?;
-            (!addr.starts_with("127.")).then(|| port.parse::<u16>().ok()).flatten()
+            let local = l.split_whitespace().nth(3)?.parse::<HostPort>().ok()?;
+            (!local.host().starts_with("127.")).then_some(local.port()).flatten()
         }));
     }
     assert!(leaf_ips.len() >= LEAF_SERVICES.len(), "leaf addresses: {leaf_ips:?}");

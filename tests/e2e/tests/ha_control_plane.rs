@@ -5,6 +5,8 @@
 //!
 //! The outage lasts 5 minutes by default; `PORTCULLIS_HA_OUTAGE_SECS` shortens it for local
 //! runs (and `PORTCULLIS_HA_LEAF_OUTAGE_SECS`, default 60, the part with both auths down).
+// Test code: a panic is how it fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

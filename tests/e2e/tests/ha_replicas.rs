@@ -7,6 +7,8 @@
 //! logins, a quarter user writes) for `PORTCULLIS_HA_LOAD_SECS` (default 60), run by
 //! `PORTCULLIS_HA_WORKERS` (default 8) threads. Skipped with a notice when PostgreSQL is not
 //! installed (fails instead under `CI=true`).
+// Test code: a panic is how it fails (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;

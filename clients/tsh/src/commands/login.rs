@@ -16,7 +16,8 @@ use crate::profile::{
     Credentials, DEFAULT_SSH_PORT, Profile, join_host_port, normalize_proxy, split_host_port,
 };
 
-/// Certificate lifetime when `--ttl` is not given (SPEC §6: 12h, capped by the server).
+/// Certificate lifetime when `--ttl` is not given (12h, as in Teleport; auth caps it by the
+/// roles' `max_session_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// `tsh login`.
@@ -60,7 +61,7 @@ pub async fn login(ctx: &Context, args: &LoginArgs) -> Result<(), TshError> {
     let tls_key = portcullis_pki::x509::generate_key()?;
     let request = LoginRequest {
         user: user.clone(),
-        password: password.into_inner(),
+        password: portcullis_types::webapi::Secret::new(password.into_inner()),
         ssh_pub_key: portcullis_pki::ssh::public_key_line(ssh_key.public_key())?,
         tls_pub_key: base64::engine::general_purpose::STANDARD
             .encode(portcullis_pki::x509::public_key_der(&tls_key)),

@@ -3,5 +3,6 @@
 pub mod client;
 pub mod route;
 pub mod session;
+pub mod stdio;
 pub mod subsystem_stream;
 pub mod tty;

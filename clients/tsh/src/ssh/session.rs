@@ -59,11 +59,12 @@ pub async fn run<H: Handler>(handle: &Handle<H>, opts: &SessionOptions) -> Resul
     };
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
+    let _flags = crate::ssh::stdio::save_flags();
 
     let stdin_task = {
         let w = writer.clone();
         tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
+            let mut stdin = crate::ssh::stdio::stdin();
             // 64 KiB: bulk input (`tsh ssh node cmd < file`) goes out in fewer, fuller packets.
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -122,7 +123,7 @@ async fn pump_output(
     reader: &mut russh::ChannelReadHalf,
     pending: &mut Vec<Pending>,
 ) -> Result<(Option<i32>, Option<String>), TshError> {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = crate::ssh::stdio::stdout();
     let mut stderr = tokio::io::stderr();
     let mut status = None;
     let mut note = None;

@@ -2,8 +2,8 @@
 //! pipes (`direct-tcpip` or the `proxy:` subsystem) to nodes, of this cluster or of a leaf
 //! through its reverse tunnel. The proxy never sees the end-to-end session inside those pipes.
 //!
-//! Leaf clusters' `cluster_labels` are not checked here (auth has no call answering it for an
-//! SSH certificate); the leaf enforces its own RBAC on the mapped roles.
+//! Before dialling into a leaf, `Router::authorize_cluster` checks the leaf is visible to the
+//! user (its `cluster_labels`); the leaf then enforces its own RBAC on the mapped roles.
 
 pub mod subsystem;
 #[cfg(test)]
@@ -21,10 +21,10 @@ use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Session, Veri
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, SshId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::drain::Drain;
 use crate::route::{Conn, RouteError};
 use crate::state::ProxyState;
 use crate::ProxyError;
@@ -37,7 +37,7 @@ const CONNECT_FAILED: u32 = 2;
 /// SSH extended data type for stderr.
 const STDERR: u32 = 1;
 /// Copy buffer per direction of a piped session: one read fills at most one tunnel chunk.
-const PIPE_BUFFER: usize = crate::tunnel::stream::CHUNK_SIZE;
+const PIPE_BUFFER: usize = portcullis_tunnel::CHUNK_SIZE;
 
 /// The russh server settings: the identity's host key and certificate, public keys only.
 pub fn config(id: &Identity) -> Result<Config, ProxyError> {
@@ -62,14 +62,14 @@ pub fn config(id: &Identity) -> Result<Config, ProxyError> {
     })
 }
 
-/// Serves SSH on `listener` until `stop` turns true (or its sender goes away). Then it stops
+/// Serves SSH on `listener` until `stop` fires. Then it stops
 /// accepting, lets the sessions it is piping finish for up to `drain`, and disconnects the
 /// rest: a rolling restart does not cut users off mid-command.
 pub async fn serve(
     state: Arc<ProxyState>,
     listener: TcpListener,
     config: Arc<Config>,
-    stop: watch::Receiver<bool>,
+    stop: Drain,
     drain: Duration,
 ) -> Result<(), ProxyError> {
     serve_limited(state, listener, config, stop, drain, ConnectionLimits::PROXY).await
@@ -83,7 +83,7 @@ pub async fn serve_limited(
     state: Arc<ProxyState>,
     listener: TcpListener,
     config: Arc<Config>,
-    mut stop: watch::Receiver<bool>,
+    stop: Drain,
     drain: Duration,
     limits: ConnectionLimits,
 ) -> Result<(), ProxyError> {
@@ -92,10 +92,7 @@ pub async fn serve_limited(
     // Live connections' handles, to disconnect whatever is left after draining.
     let handles: Arc<std::sync::Mutex<HashMap<u64, russh::server::Handle>>> = Default::default();
     let mut next_id = 0u64;
-    let stopped = async move {
-        // The guard `wait_for` returns is not Send: drop it before anything else awaits.
-        let _ = stop.wait_for(|s| *s).await.map(|_| ());
-    };
+    let stopped = stop.draining();
     tokio::pin!(stopped);
     loop {
         tokio::select! {

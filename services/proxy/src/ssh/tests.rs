@@ -9,7 +9,6 @@ use portcullis_pki::{Identity, Secret};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::testutil::{self, CLUSTER, FakeAuth};
 
@@ -142,8 +141,8 @@ async fn certificate_users_reach_nodes() {
     let config = Arc::new(super::config(&identity(&SshCa::generate().unwrap())).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(super::serve(state.clone(), listener, config, stop_rx, std::time::Duration::from_secs(1)));
+    let stop = crate::drain::Drain::new();
+    let server = tokio::spawn(super::serve(state.clone(), listener, config, stop.clone(), std::time::Duration::from_secs(1)));
 
     // A plain key is refused.
     let key = Arc::new(generate_key().unwrap());
@@ -216,6 +215,6 @@ async fn certificate_users_reach_nodes() {
     assert!(h2.authenticate_openssh_cert("alice", key.clone(), leaf_cert).await.unwrap().success());
     assert!(h2.channel_open_direct_tcpip("node-1", 0, "127.0.0.1", 40000).await.is_err());
 
-    stop_tx.send(true).unwrap();
+    stop.start();
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
 }

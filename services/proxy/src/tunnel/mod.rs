@@ -1,12 +1,14 @@
-//! The root side of trusted clusters: the reverse-tunnel server leaf agents dial (`:3024`), one
-//! actix actor per connected leaf, and the [`Hub`] the rest of the proxy uses to reach them.
+//! The root side of trusted clusters: the reverse-tunnel server leaf agents dial (`:3024`),
+//! one actix actor per trusted leaf (living as long as the trust, tunnels coming and going
+//! beneath it), and the [`Hub`] the leaf sites reach them through. Nothing outside `tunnel/`
+//! and `site/` sees an actor.
 //!
 //! See docs/tunnel-protocol.md for the wire protocol.
 
 pub mod actor;
+pub mod leaf;
 pub mod registry;
 pub mod server;
-pub mod stream;
 pub mod tls;
 #[cfg(test)]
 mod fake_agent;
@@ -16,17 +18,17 @@ mod stack_tests;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use actix::Addr;
 use portcullis_proto::auth::{ClusterCa, Proxy};
 use portcullis_proto::tunnel::ProxyInfo;
 use tokio::sync::{Notify, watch};
 
-pub use actor::LeafActor;
+pub use leaf::{DialTarget, Leaf};
 pub use registry::Registry;
-pub use stream::DialStream;
+pub use portcullis_tunnel::DialStream;
 
 use crate::ProxyError;
 
@@ -39,7 +41,7 @@ pub type LeafCas = Arc<RwLock<HashMap<String, Vec<String>>>>;
 pub struct Timings {
     /// Between heartbeats, both ways (announced to agents in `Welcome`, whole seconds).
     pub heartbeat: Duration,
-    /// A tunnel silent this long is dropped (3 heartbeats).
+    /// A tunnel silent this long is dropped ([`portcullis_tunnel::MISSED_HEARTBEATS`]).
     pub dead_after: Duration,
     /// How long a dial or a node listing may wait for the agent's answer.
     pub answer_timeout: Duration,
@@ -48,8 +50,8 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Timings {
-            heartbeat: Duration::from_secs(5),
-            dead_after: Duration::from_secs(15),
+            heartbeat: portcullis_tunnel::DEFAULT_HEARTBEAT,
+            dead_after: portcullis_tunnel::dead_after(portcullis_tunnel::DEFAULT_HEARTBEAT),
             answer_timeout: Duration::from_secs(10),
         }
     }
@@ -74,8 +76,8 @@ pub enum TunnelError {
     UnknownDial(u64),
 }
 
-/// Everything about leaf tunnels the proxy's parts share: the actor registry, the leaf CAs,
-/// the set of live root proxies, and wake-ups for the heartbeat loop.
+/// Everything about leaf tunnels the proxy's parts share: the trusted leaves (each with its
+/// actor), the leaf CAs, the set of live root proxies, and wake-ups for the heartbeat loop.
 #[derive(Debug)]
 pub struct Hub {
     /// This (root) cluster's name.
@@ -84,6 +86,7 @@ pub struct Hub {
     pub proxy_id: String,
     pub timings: Timings,
     pub registry: Registry,
+    ids: Arc<leaf::Ids>,
     leaf_cas: LeafCas,
     self_info: ProxyInfo,
     proxies: watch::Sender<Vec<ProxyInfo>>,
@@ -92,14 +95,16 @@ pub struct Hub {
     /// Something wants fresh leaf CAs from auth now (a new trust, an unknown agent).
     refresh: Arc<Notify>,
     system: actix_rt::System,
-    arbiter: actix_rt::ArbiterHandle,
+    /// One per core; a leaf's actor lives on the one its name hashes to.
+    arbiters: Vec<actix_rt::ArbiterHandle>,
 }
 
 impl Hub {
-    /// Starts the actor system (on its own thread) for a proxy whose tunnel address is
-    /// `tunnel_addr` (may be empty when not known).
+    /// Starts the actor system (one arbiter thread per core) for a proxy whose tunnel address
+    /// is `tunnel_addr` (may be empty when not known).
     pub fn start(cluster_name: &str, proxy_id: &str, tunnel_addr: &str, timings: Timings) -> Result<Arc<Hub>, ProxyError> {
-        let (system, arbiter) = start_actor_system()?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (system, arbiters) = start_actor_system(cores)?;
         let self_info = ProxyInfo { id: proxy_id.to_string(), tunnel_addr: tunnel_addr.to_string() };
         let (proxies, _) = watch::channel(vec![self_info.clone()]);
         Ok(Arc::new(Hub {
@@ -107,13 +112,14 @@ impl Hub {
             proxy_id: proxy_id.to_string(),
             timings,
             registry: Registry::default(),
+            ids: Arc::default(),
             leaf_cas: LeafCas::default(),
             self_info,
             proxies,
             changed: Arc::new(Notify::new()),
             refresh: Arc::new(Notify::new()),
             system,
-            arbiter,
+            arbiters,
         }))
     }
 
@@ -124,12 +130,22 @@ impl Hub {
 
     /// Whether `cluster` is a leaf this cluster trusts (connected or not).
     pub fn knows_leaf(&self, cluster: &str) -> bool {
-        self.leaf_cas.read().unwrap_or_else(|p| p.into_inner()).contains_key(cluster)
+        self.registry.get(cluster).is_some()
     }
 
-    /// The actor of a connected leaf.
-    pub fn leaf(&self, cluster: &str) -> Option<Addr<LeafActor>> {
+    /// A trusted leaf (online or not).
+    pub fn leaf(&self, cluster: &str) -> Option<Leaf> {
         self.registry.get(cluster)
+    }
+
+    /// Whether a trusted leaf has at least one live tunnel.
+    pub fn is_online(&self, cluster: &str) -> bool {
+        self.registry.get(cluster).is_some_and(|l| l.is_online())
+    }
+
+    /// A fresh id for a tunnel (never 0).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.next()
     }
 
     /// Adopts what an auth heartbeat answer says about leaves and proxies.
@@ -150,25 +166,34 @@ impl Hub {
         });
     }
 
-    /// Replaces the leaf CA map. Leaves no longer trusted (`tctl rm rc/X`) or whose CA
-    /// changed lose their tunnels at once; agents of a re-established trust reconnect and are
-    /// verified against the new CA.
+    /// Replaces the leaf CA map. A newly trusted leaf gets its actor before its CA is
+    /// published (so an agent the verifier lets in finds it); a leaf no longer trusted
+    /// (`tctl rm rc/X`) loses its tunnels and its actor, and one whose CA changed its tunnels:
+    /// agents of a re-established trust reconnect and are verified against the new CA.
     pub fn set_leaf_cas(&self, new: HashMap<String, Vec<String>>) {
         let old = {
             let mut cur = self.leaf_cas.write().unwrap_or_else(|p| p.into_inner());
             if *cur == new {
                 return;
             }
+            for name in new.keys().filter(|k| !cur.contains_key(*k)) {
+                self.registry.insert(self.start_leaf(name));
+            }
             std::mem::replace(&mut *cur, new.clone())
         };
-        for (cluster, addr) in self.registry.all() {
-            let reason = match (old.get(&cluster), new.get(&cluster)) {
-                (_, None) => "the trust relationship with this cluster was removed",
-                (Some(o), Some(n)) if o != n => "the cluster's certificate authority changed",
+        for (cluster, pems) in &old {
+            let reason = match new.get(cluster) {
+                None => "the trust relationship with this cluster was removed",
+                Some(n) if n != pems => "the cluster's certificate authority changed",
                 _ => continue,
             };
-            tracing::info!(leaf = %cluster, "closing the leaf's tunnels: {reason}");
-            addr.do_send(actor::Close { reason: reason.to_string() });
+            let leaf = if new.contains_key(cluster) { self.registry.get(cluster) } else { self.registry.remove(cluster) };
+            if let Some(leaf) = leaf {
+                if leaf.is_online() {
+                    tracing::info!(leaf = %cluster, "closing the leaf's tunnels: {reason}");
+                }
+                leaf.close(reason, !new.contains_key(cluster));
+            }
         }
         let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).collect();
         let removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).collect();
@@ -177,33 +202,33 @@ impl Hub {
         }
     }
 
+    /// The leaf `name` with its actor on the arbiter its name hashes to.
+    fn start_leaf(&self, name: &str) -> Leaf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let i = usize::try_from(h.finish() % self.arbiters.len().max(1) as u64).unwrap_or(0);
+        Leaf::start(name, self.timings, self.ids.clone(), self.changed.clone(), &self.arbiters[i])
+    }
+
     /// The live root proxies, as agents are told in `ProxySet`.
     pub fn proxy_set(&self) -> watch::Receiver<Vec<ProxyInfo>> {
         self.proxies.subscribe()
     }
 
-    /// Live tunnels per leaf: every trusted leaf (0 when not connected) and every connected one.
-    pub async fn tunnel_counts(&self) -> BTreeMap<String, u32> {
-        let mut out: BTreeMap<String, u32> = {
-            let cas = self.leaf_cas.read().unwrap_or_else(|p| p.into_inner());
-            cas.keys().map(|k| (k.clone(), 0)).collect()
-        };
-        for (cluster, addr) in self.registry.all() {
-            let stats = tokio::time::timeout(Duration::from_secs(2), addr.send(actor::Stats)).await;
-            let count = match stats {
-                Ok(Ok((tunnels, _))) => u32::try_from(tunnels).unwrap_or(u32::MAX),
-                // A stopping actor holds no tunnel worth reporting.
-                _ => 0,
-            };
-            out.insert(cluster, count);
-        }
-        out
+    /// Live tunnels per trusted leaf (0 when not connected).
+    pub fn tunnel_counts(&self) -> BTreeMap<String, u32> {
+        self.registry
+            .all()
+            .into_iter()
+            .map(|l| (l.name().to_string(), u32::try_from(l.stats().0).unwrap_or(u32::MAX)))
+            .collect()
     }
 
-    /// Asks every agent to reconnect elsewhere and drops its tunnels (proxy shutdown).
+    /// Asks every agent to reconnect elsewhere and drops its tunnels (proxy shutdown); the
+    /// actors stay until the hub goes.
     pub fn drain_all(&self, reason: &str) {
-        for (_, addr) in self.registry.all() {
-            addr.do_send(actor::Close { reason: reason.to_string() });
+        for leaf in self.registry.online() {
+            leaf.close(reason, false);
         }
     }
 
@@ -230,36 +255,39 @@ impl Hub {
     pub(crate) fn refresh_handle(&self) -> Arc<Notify> {
         self.refresh.clone()
     }
-
-    pub(crate) fn deps(&self) -> actor::LeafDeps {
-        actor::LeafDeps { registry: self.registry.clone(), timings: self.timings, changed: self.changed.clone() }
-    }
-
-    pub(crate) fn arbiter(&self) -> &actix_rt::ArbiterHandle {
-        &self.arbiter
-    }
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        // Stops every leaf actor (their tunnels close) and ends the actor thread.
+        // Stops every leaf actor (their tunnels close) and ends the actor threads.
         self.system.stop();
     }
 }
 
-/// Runs an actix `System` on a dedicated thread: actors are `!Send` and live there, while
-/// their `Addr`s travel to tonic and russh tasks on the tokio runtime.
-fn start_actor_system() -> Result<(actix_rt::System, actix_rt::ArbiterHandle), ProxyError> {
+/// Runs an actix `System` on a dedicated thread with `arbiters` arbiters (threads) beside
+/// it: actors are `!Send` and live there, while the leaf handles travel to tonic and russh
+/// tasks on the tokio runtime.
+fn start_actor_system(arbiters: usize) -> Result<(actix_rt::System, Vec<actix_rt::ArbiterHandle>), ProxyError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("leaf-actors".into())
         .spawn(move || {
             let runner = actix_rt::System::new();
-            let _ = tx.send((actix_rt::System::current(), actix_rt::Arbiter::current()));
+            let handles: std::io::Result<Vec<_>> =
+                (0..arbiters.max(1)).map(|_| actix_rt::Arbiter::try_new().map(|a| a.handle())).collect();
+            let failed = handles.is_err();
+            let _ = tx.send(handles.map(|h| (actix_rt::System::current(), h)));
+            if failed {
+                return;
+            }
             if let Err(e) = runner.run() {
                 tracing::error!("the leaf actor system stopped: {e}");
             }
         })
         .map_err(|e| ProxyError::io("starting the leaf actor thread", e))?;
-    rx.recv().map_err(|_| ProxyError::Server { server: "tunnel", reason: "the leaf actor system did not start".into() })
+    match rx.recv() {
+        Ok(Ok(started)) => Ok(started),
+        Ok(Err(e)) => Err(ProxyError::io("starting the leaf actor threads", e)),
+        Err(_) => Err(ProxyError::Server { server: "tunnel", reason: "the leaf actor system did not start".into() }),
+    }
 }

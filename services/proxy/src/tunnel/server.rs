@@ -11,7 +11,7 @@ use portcullis_net::{ConnGuard, ConnectionLimits, Gate, GatedListener};
 use portcullis_proto::tunnel::agent_frame::Msg as AgentMsg;
 use portcullis_proto::tunnel::proxy_frame::Msg as ProxyMsg;
 use portcullis_proto::tunnel::tunnel_server::{Tunnel, TunnelServer};
-use portcullis_proto::tunnel::{AgentFrame, Chunk, Heartbeat, ProxyFrame, ProxySet, Welcome};
+use portcullis_proto::tunnel::{AgentFrame, Chunk, ProxyFrame, ProxySet, Welcome};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -19,13 +19,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::actor::{DialArrived, DialFailed, NodesAnswered, TunnelDown, TunnelHeartbeat, TunnelUp};
-use super::stream::DialStream as ByteStream;
-use super::{Hub, LeafActor};
+use super::{Hub, Leaf};
 use crate::ProxyError;
+use crate::drain::Drain;
 
-/// Metadata naming the dial a `Dial` stream answers.
-pub const DIAL_ID_HEADER: &str = "x-portcullis-dial-id";
+pub use portcullis_tunnel::DIAL_ID_HEADER;
+use portcullis_tunnel::{CHUNK_QUEUE, DialStream, heartbeat_now, heartbeat_seconds, proxy_frame};
 
 /// Who is at the other end of a tunnel connection, from its verified certificate.
 #[derive(Debug, Clone)]
@@ -82,14 +81,13 @@ impl AsyncWrite for AgentConn {
     }
 }
 
-/// Serves tunnels on `listener` until `shutdown` resolves.
-pub async fn serve(
-    hub: Arc<Hub>,
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ProxyError> {
-    serve_limited(hub, listener, tls, ConnectionLimits::PROXY, shutdown).await
+/// What agents are told when the proxy drains.
+pub const SHUTTING_DOWN: &str = "the proxy is shutting down";
+
+/// Serves tunnels on `listener` until `drain` fires: then agents are asked to reconnect
+/// elsewhere (their tunnels drop), the listener closes, and open `Dial` streams may finish.
+pub async fn serve(hub: Arc<Hub>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, drain: Drain) -> Result<(), ProxyError> {
+    serve_limited(hub, listener, tls, ConnectionLimits::PROXY, drain).await
 }
 
 /// [`serve`] with `limits`: per-address and total connection caps, the TLS handshake (where
@@ -99,8 +97,17 @@ pub async fn serve_limited(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()> + Send,
+    drain: Drain,
 ) -> Result<(), ProxyError> {
+    let drained = {
+        let hub = hub.clone();
+        let draining = drain.draining();
+        async move {
+            draining.await;
+            // Agents learn to reconnect elsewhere before the listener goes.
+            hub.drain_all(SHUTTING_DOWN);
+        }
+    };
     let gated = GatedListener::new(listener, Gate::new("proxy_tunnel", limits));
     let incoming = portcullis_net::tls_incoming(
         gated,
@@ -118,7 +125,7 @@ pub async fn serve_limited(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_interval))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, drained)
         .await
         .map_err(|e| ProxyError::Server { server: "tunnel", reason: portcullis_rpc::client::error_chain(&e) })
 }
@@ -155,12 +162,7 @@ fn peer_of<T>(req: &Request<T>) -> Result<AgentPeer, Status> {
 }
 
 fn frame(msg: ProxyMsg) -> Result<ProxyFrame, Status> {
-    Ok(ProxyFrame { msg: Some(msg) })
-}
-
-fn unix_millis() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    Ok(proxy_frame(msg))
 }
 
 #[tonic::async_trait]
@@ -178,25 +180,18 @@ impl Tunnel for TunnelService {
 
     async fn dial(&self, req: Request<Streaming<Chunk>>) -> Result<Response<Self::DialStream>, Status> {
         let peer = peer_of(&req)?;
-        let dial_id = req
-            .metadata()
-            .get(DIAL_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| Status::invalid_argument(format!("the {DIAL_ID_HEADER} metadata is missing or not a number")))?;
-        let Some(addr) = self.hub.leaf(&peer.cluster) else {
+        let dial_id = portcullis_tunnel::dial_id(req.metadata())?;
+        let Some(leaf) = self.hub.leaf(&peer.cluster) else {
             return Err(Status::not_found(format!("no dial with id {dial_id} is waiting for a connection")));
         };
-        let (out_tx, out_rx) = mpsc::channel(16);
-        let stream = ByteStream::new(req.into_inner(), out_tx);
-        let arrived = DialArrived { dial_id, agent_id: peer.agent_id.clone(), stream };
-        match addr.send(arrived).await {
-            Ok(Ok(())) => Ok(Response::new(ReceiverStream::new(out_rx))),
-            Ok(Err(e)) => {
+        let (out_tx, out_rx) = mpsc::channel(CHUNK_QUEUE);
+        let stream = DialStream::new(req.into_inner(), out_tx);
+        match leaf.dial_arrived(dial_id, &peer.agent_id, stream) {
+            Ok(()) => Ok(Response::new(ReceiverStream::new(out_rx))),
+            Err(e) => {
                 tracing::info!(leaf = %peer.cluster, agent = %peer.agent_id, dial_id, "dial stream refused: {e}");
                 Err(Status::not_found(e.to_string()))
             }
-            Err(_) => Err(Status::unavailable("the leaf's tunnels are closing")),
         }
     }
 }
@@ -229,7 +224,7 @@ async fn run_control(
     let welcome = ProxyMsg::Welcome(Welcome {
         proxy_id: hub.proxy_id.clone(),
         root_cluster: hub.cluster_name.clone(),
-        heartbeat_seconds: u32::try_from(timings.heartbeat.as_secs().max(1)).unwrap_or(5),
+        heartbeat_seconds: heartbeat_seconds(timings.heartbeat),
     });
     let mut proxies = hub.proxy_set();
     let set = ProxyMsg::Proxies(ProxySet { proxies: proxies.borrow_and_update().clone() });
@@ -237,11 +232,15 @@ async fn run_control(
         return;
     }
 
-    let tunnel_id = hub.registry.next_id();
+    let tunnel_id = hub.next_id();
     let (tx, mut frames) = mpsc::channel::<ProxyFrame>(64);
-    let up = TunnelUp { tunnel_id, agent_id: peer.agent_id.clone(), tx };
-    let actor = match hub.registry.tunnel_up(hub.arbiter(), &hub.deps(), &peer.cluster, up).await {
-        Ok(a) => a,
+    // The verifier let the agent in, so its leaf is trusted; the trust may have gone since.
+    let up = match hub.leaf(&peer.cluster) {
+        Some(leaf) => leaf.tunnel_up(tunnel_id, peer.agent_id.clone(), tx).await.map(|()| leaf),
+        None => Err(super::TunnelError::Offline(peer.cluster.clone())),
+    };
+    let leaf = match up {
+        Ok(leaf) => leaf,
         Err(e) => {
             let _ = out.send(Err(Status::unavailable(e.to_string()))).await;
             return;
@@ -255,17 +254,17 @@ async fn run_control(
     let why = loop {
         tokio::select! {
             msg = inbound.message() => match msg {
-                Ok(Some(f)) => forward_up(&actor, tunnel_id, f),
+                Ok(Some(f)) => forward_up(&leaf, tunnel_id, f),
                 Ok(None) => break "the agent closed the stream".to_string(),
                 Err(s) => break format!("the stream broke: {}", s.message()),
             },
             f = frames.recv() => match f {
                 Some(f) => if out.send(Ok(f)).await.is_err() { break "the agent went away".into() },
-                // The actor dropped the tunnel (silent too long, trust removed, shutdown).
+                // The leaf's actor dropped the tunnel (silent too long, trust removed, shutdown).
                 None => break "closed by the proxy".into(),
             },
             _ = beat.tick() => {
-                let hb = ProxyMsg::Heartbeat(Heartbeat { unix_millis: unix_millis() });
+                let hb = ProxyMsg::Heartbeat(heartbeat_now());
                 if out.send(frame(hb)).await.is_err() { break "the agent went away".into() }
             }
             changed = proxies.changed(), if watching => {
@@ -280,25 +279,18 @@ async fn run_control(
         }
     };
     tracing::debug!(leaf = %peer.cluster, agent = %peer.agent_id, tunnel = tunnel_id, "control stream ends: {why}");
-    actor.do_send(TunnelDown { tunnel_id });
+    leaf.tunnel_down(tunnel_id);
 }
 
-/// Hands one agent frame to the leaf's actor.
-fn forward_up(actor: &actix::Addr<LeafActor>, tunnel_id: u64, f: AgentFrame) {
-    match f.msg {
-        Some(AgentMsg::Heartbeat(_)) => actor.do_send(TunnelHeartbeat { tunnel_id }),
-        Some(AgentMsg::DialFailed(d)) => {
-            actor.do_send(TunnelHeartbeat { tunnel_id });
-            actor.do_send(DialFailed { dial_id: d.dial_id, reason: d.reason });
-        }
-        Some(AgentMsg::Nodes(n)) => {
-            actor.do_send(TunnelHeartbeat { tunnel_id });
-            actor.do_send(NodesAnswered(n));
-        }
-        Some(AgentMsg::Authorized(a)) => {
-            actor.do_send(TunnelHeartbeat { tunnel_id });
-            actor.do_send(super::actor::AuthorizeAnswered(a));
-        }
-        Some(AgentMsg::Hello(_)) | None => {}
+/// Hands one agent frame to the leaf: any frame proves the agent alive; answers go to the
+/// requests waiting for them.
+fn forward_up(leaf: &Leaf, tunnel_id: u64, f: AgentFrame) {
+    let Some(msg) = f.msg else { return };
+    leaf.heartbeat(tunnel_id);
+    match msg {
+        AgentMsg::DialFailed(d) => leaf.dial_failed(d.dial_id, d.reason),
+        AgentMsg::Nodes(n) => leaf.nodes_answered(n),
+        AgentMsg::Authorized(a) => leaf.authorize_answered(a),
+        AgentMsg::Heartbeat(_) | AgentMsg::Hello(_) => {}
     }
 }

@@ -75,7 +75,7 @@ fn https_client(user_tls_ca: &TlsCa) -> reqwest::Client {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(portcullis_rpc::verify::InsecureVerifier))
+        .with_custom_certificate_verifier(Arc::new(portcullis_pki::verify::InsecureAcceptAnyServer::dangerously_new()))
         .with_client_auth_cert(chain, key)
         .unwrap();
     reqwest::Client::builder().use_preconfigured_tls(cfg).build().unwrap()
@@ -111,20 +111,21 @@ async fn root_proxy_serves_a_leaf_cluster() {
         tunnel_addr: "127.0.0.1:43024".into(),
         labels: Default::default(),
     };
-    let beats = tokio::spawn(heartbeat::run(state.clone(), ann));
-    eventually("the leaf CA from the heartbeat", || state.tunnels.knows_leaf(LEAF)).await;
-    let e = state.router.cluster(LEAF).unwrap_err().to_string();
+    let stop = crate::drain::Drain::new();
+    let beats = tokio::spawn(heartbeat::run(state.clone(), ann, stop.clone()));
+    eventually("the leaf CA from the heartbeat", || state.sites.hub().knows_leaf(LEAF)).await;
+    let e = state.router.dial(LEAF, "node-1", 0, "alice").await.err().unwrap().to_string();
     assert!(e.ends_with("is offline: no reverse tunnel from it is connected to this proxy"), "{e}");
 
     // An agent connects; its tunnel is reported to auth promptly.
     let root_ca = TlsCa::generate(CLUSTER).unwrap();
-    let (tunnel_addr, _stop_tunnels) = serve_tunnels(state.tunnels.clone(), &root_ca).await;
+    let (tunnel_addr, _stop_tunnels) = serve_tunnels(state.sites.hub().clone(), &root_ca).await;
     let cert = fake_agent::issue(&leaf_ca, "agent-1", &["Agent"]);
     let channel = fake_agent::channel(&tunnel_addr, root_ca.cert_pem(), cert).await.unwrap();
     let agent = FakeAgent::start(channel, behaviour("agent-1", &echo)).await.unwrap();
     let ids: Vec<&str> = agent.proxies.proxies.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["host-1", "other-proxy"]);
-    eventually("the leaf actor", || state.tunnels.leaf(LEAF).is_some()).await;
+    eventually("the leaf's tunnel", || state.sites.is_online(LEAF)).await;
     let reported = |n: u32| {
         let fake = fake.clone();
         // The latest report counts: earlier ones said 0 before the agent came.
@@ -133,12 +134,11 @@ async fn root_proxy_serves_a_leaf_cluster() {
     eventually("a report of one tunnel", reported(1)).await;
 
     // Web API with the user's client certificate.
-    let tls = crate::web::tls::server_config(&[], &["localhost".into()], state.client_verifier.clone()).unwrap();
+    let tls = crate::web::tls::server_config(&[], &["localhost".into()], state.client_verifier.verifier()).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let web = crate::web::start(state.clone(), listener, tls).unwrap();
-    let web_handle = web.handle();
-    tokio::spawn(web);
+    let web_drain = crate::drain::Drain::new();
+    tokio::spawn(crate::web::start(state.clone(), listener, tls, web_drain.clone()).unwrap());
     let http = https_client(&user_tls_ca);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
 
@@ -192,8 +192,7 @@ async fn root_proxy_serves_a_leaf_cluster() {
     let config = Arc::new(crate::ssh::config(&ssh_identity()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ssh_addr = listener.local_addr().unwrap();
-    let (stop_ssh, stop_rx) = tokio::sync::watch::channel(false);
-    let ssh = tokio::spawn(crate::ssh::serve(state.clone(), listener, config, stop_rx, std::time::Duration::from_secs(1)));
+    let ssh = tokio::spawn(crate::ssh::serve(state.clone(), listener, config, stop.clone(), std::time::Duration::from_secs(1)));
     let key = Arc::new(generate_key().unwrap());
     let user_cert = |route: &str| {
         user_ssh_ca
@@ -230,10 +229,11 @@ async fn root_proxy_serves_a_leaf_cluster() {
     // The agent goes: auth hears of it at once, and the leaf is offline here.
     drop(agent);
     eventually("a report of no tunnel", reported(0)).await;
-    assert!(state.router.cluster(LEAF).is_err());
+    assert!(!state.sites.is_online(LEAF));
+    assert!(!state.sites.get(LEAF).unwrap().is_online());
 
-    stop_ssh.send(true).unwrap();
+    stop.start();
     let _ = tokio::time::timeout(Duration::from_secs(10), ssh).await;
-    web_handle.stop(true).await;
-    beats.abort();
+    web_drain.start();
+    let _ = tokio::time::timeout(Duration::from_secs(10), beats).await;
 }

@@ -12,11 +12,11 @@ use portcullis_proto::auth::auth_client::AuthClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use super::actor::{ListNodes, Stats};
 use super::fake_agent::{self, Behaviour, FakeAgent};
 use super::tls::LeafAgentVerifier;
 use super::{Hub, Timings, server, tls};
-use crate::route::{ClusterRoute, Router};
+use crate::route::{Router, RouterParts};
+use crate::site::{LocalSite, Sites};
 use crate::testutil::CLUSTER;
 
 pub const LEAF: &str = "leaf.example.com";
@@ -52,17 +52,21 @@ pub fn proxy_identity(root_ca: &TlsCa) -> Identity {
     )
 }
 
-/// Serves tunnels for `hub` on a local port; dropping the sender stops the server.
+/// Serves tunnels for `hub` on a local port; sending on (or dropping) the sender drains the
+/// server.
 pub async fn serve_tunnels(hub: Arc<Hub>, root_ca: &TlsCa) -> (String, oneshot::Sender<()>) {
     let id = proxy_identity(root_ca);
-    let verifier = Arc::new(LeafAgentVerifier::new(hub.leaf_cas(), None));
+    let verifier = Arc::new(LeafAgentVerifier::verifier(hub.leaf_cas(), None));
     let tls = Arc::new(tls::server_config(&id, verifier).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(hub, listener, tls, async {
+    let drain = crate::drain::Drain::new();
+    tokio::spawn(server::serve(hub, listener, tls, drain.clone()));
+    tokio::spawn(async move {
         let _ = rx.await;
-    }));
+        drain.start();
+    });
     (addr, tx)
 }
 
@@ -150,9 +154,23 @@ impl Env {
         }
     }
 
+    fn sites(&self) -> Arc<Sites> {
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let auth = AuthClient::new(portcullis_rpc::Channel::new(channel));
+        let local = LocalSite::new(CLUSTER.into(), auth, portcullis_access::AccessCache::empty());
+        Arc::new(Sites::new(local, self.hub.clone()))
+    }
+
     fn router(&self) -> Router {
         let channel = tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy();
-        Router::new(CLUSTER.into(), AuthClient::new(portcullis_rpc::Channel::new(channel)), self.hub.clone())
+        Router::new(RouterParts {
+            sites: self.sites(),
+            auth: AuthClient::new(portcullis_rpc::Channel::new(channel)),
+            access: portcullis_access::AccessCache::empty(),
+            active: Default::default(),
+            metrics: Default::default(),
+            audit: None,
+        })
     }
 }
 
@@ -162,9 +180,10 @@ async fn a_tunnel_carries_dials_and_node_listings() {
     let env = env(Timings::default()).await;
     let router = env.router();
     assert_eq!(
-        router.cluster(LEAF).unwrap_err().to_string(),
+        router.dial(LEAF, "node-1", 0, "alice").await.err().unwrap().to_string(),
         format!("cluster \"{LEAF}\" is offline: no reverse tunnel from it is connected to this proxy")
     );
+    assert_eq!(env.hub.leaf(LEAF).unwrap().stats(), (0, 0), "the leaf's actor lives with the trust");
 
     let agent = env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", &echo)).await.unwrap();
     assert_eq!(agent.welcome.proxy_id, "host-1");
@@ -172,10 +191,10 @@ async fn a_tunnel_carries_dials_and_node_listings() {
     assert_eq!(agent.welcome.heartbeat_seconds, 5);
     assert_eq!(agent.proxies.proxies[0].id, "host-1");
     assert_eq!(agent.proxies.proxies[0].tunnel_addr, "127.0.0.1:3024");
-    eventually("the leaf actor", || env.hub.leaf(LEAF).is_some()).await;
-    let Ok(ClusterRoute::Leaf(actor)) = router.cluster(LEAF) else { panic!("no leaf route") };
-    assert_eq!(actor.send(Stats).await.unwrap(), (1, 0));
-    assert_eq!(env.hub.tunnel_counts().await.get(LEAF), Some(&1));
+    eventually("the leaf's tunnel", || env.hub.is_online(LEAF)).await;
+    let leaf = env.hub.leaf(LEAF).unwrap();
+    assert_eq!(leaf.stats(), (1, 0));
+    assert_eq!(env.hub.tunnel_counts().get(LEAF), Some(&1));
 
     // A dial through the router reaches the echo server behind the agent; ssh -J's port 22
     // means the node's own port.
@@ -205,7 +224,7 @@ async fn a_tunnel_carries_dials_and_node_listings() {
     assert_eq!(e, format!("cannot reach \"ghost\" in cluster \"{LEAF}\": node \"ghost\" is not found"));
 
     // Node listing round trip.
-    let nodes = actor.send(ListNodes { user_tls_cert: vec![1, 2, 3], labels: Default::default() }).await.unwrap().unwrap();
+    let nodes = leaf.list_nodes(vec![1, 2, 3], Default::default()).await.unwrap();
     assert_eq!(nodes[0].hostname, "node-1");
 
     // A Dial stream nobody asked for is refused.
@@ -216,13 +235,14 @@ async fn a_tunnel_carries_dials_and_node_listings() {
     let status = client.dial(req).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(status.message(), "no dial with id 987654 is waiting for a connection");
-    assert_eq!(actor.send(Stats).await.unwrap(), (1, 0));
+    assert_eq!(leaf.stats(), (1, 0));
 
-    // The agent goes away: the actor stops and the leaf is offline again.
+    // The agent goes away: the leaf is offline again (its actor stays, with the trust).
     drop(agent);
-    eventually("the leaf to go", || env.hub.leaf(LEAF).is_none()).await;
-    assert!(matches!(router.cluster(LEAF), Err(crate::route::RouteError::ClusterOffline(_))));
-    assert_eq!(env.hub.tunnel_counts().await.get(LEAF), Some(&0));
+    eventually("the leaf to go offline", || !env.hub.is_online(LEAF)).await;
+    assert!(matches!(router.dial(LEAF, "node-1", 0, "alice").await, Err(crate::route::RouteError::ClusterOffline(_))));
+    assert_eq!(env.hub.tunnel_counts().get(LEAF), Some(&0));
+    assert_eq!(leaf.stats(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,12 +282,12 @@ async fn agents_are_verified_against_their_own_leaf_ca() {
     // No client certificate at all.
     let e = env.tls_refusal_without_cert().await;
     assert!(e.contains("alert"), "{e}");
-    assert!(env.hub.registry.all().is_empty());
+    assert!(env.hub.registry.online().is_empty());
 
     // The real thing, for both leaves.
     let _leaf = env.agent(&env.leaf_ca, "agent-x", b.clone()).await.unwrap();
     let _other = env.agent(&other_ca, "agent-y", b).await.unwrap();
-    eventually("both leaves", || env.hub.registry.all().len() == 2).await;
+    eventually("both leaves", || env.hub.registry.online().len() == 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,33 +303,33 @@ async fn silent_tunnels_are_dropped_and_live_ones_kept() {
     let mut quiet = behaviour("agent-quiet", "127.0.0.1:1");
     quiet.heartbeat = false;
     let mut silent = env.agent(&env.leaf_ca, "agent-quiet", quiet).await.unwrap();
-    eventually("two tunnels", || env.hub.leaf(LEAF).is_some()).await;
-    let actor = env.hub.leaf(LEAF).unwrap();
+    eventually("two tunnels", || env.hub.is_online(LEAF)).await;
+    let leaf = env.hub.leaf(LEAF).unwrap();
     for _ in 0..100 {
-        if actor.send(Stats).await.unwrap().0 == 2 {
+        if leaf.stats().0 == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(actor.send(Stats).await.unwrap().0, 2);
+    assert_eq!(leaf.stats().0, 2);
 
     assert!(silent.wait_ended(Duration::from_secs(8)).await, "the silent tunnel was not closed");
-    assert_eq!(actor.send(Stats).await.unwrap().0, 1);
+    assert_eq!(leaf.stats().0, 1);
     assert!(!live.wait_ended(Duration::from_secs(2)).await, "the live tunnel was closed");
-    assert!(env.hub.leaf(LEAF).is_some());
+    assert!(env.hub.is_online(LEAF));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_trust_drains_the_leafs_tunnels() {
     let env = env(Timings::default()).await;
     let mut agent = env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", "127.0.0.1:1")).await.unwrap();
-    eventually("the leaf actor", || env.hub.leaf(LEAF).is_some()).await;
+    eventually("the leaf's tunnel", || env.hub.is_online(LEAF)).await;
     // The heartbeat answer no longer lists the leaf (`tctl rm rc/leaf`).
     env.hub.apply_heartbeat(&[], &[]);
     assert!(agent.wait_ended(Duration::from_secs(5)).await, "the tunnel stayed up");
     assert_eq!(agent.drains.lock().unwrap().as_slice(), ["the trust relationship with this cluster was removed"]);
     eventually("the leaf to go", || env.hub.leaf(LEAF).is_none()).await;
-    assert_eq!(env.router().cluster(LEAF).unwrap_err().to_string(), format!("cluster \"{LEAF}\" is not found"));
+    assert_eq!(env.sites().get(LEAF).unwrap_err().to_string(), format!("cluster \"{LEAF}\" is not found"));
     // And it cannot come back without trust.
     assert!(env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", "127.0.0.1:1")).await.is_err());
 }
@@ -322,7 +342,7 @@ async fn a_burst_of_dials_larger_than_the_tunnel_queue_all_get_through() {
     let echo = echo_server().await;
     let env = env(Timings::default()).await;
     let _agent = env.agent(&env.leaf_ca, "agent-1", behaviour("agent-1", &echo)).await.unwrap();
-    eventually("the leaf actor", || env.hub.leaf(LEAF).is_some()).await;
+    eventually("the leaf's tunnel", || env.hub.is_online(LEAF)).await;
     let router = Arc::new(env.router());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..BURST {

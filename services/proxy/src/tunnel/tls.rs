@@ -7,14 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use portcullis_pki::Identity;
-use portcullis_pki::x509::{PROXY_SERVER_NAME, parse_identity, system_role};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
+use portcullis_pki::verify::{ClientAuth, CustomClientVerifier, client_chain, roots_from_pems};
+use portcullis_pki::x509::{PROXY_SERVER_NAME, SystemRole, parse_identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{CertificateError, ServerConfig};
 use tokio::sync::Notify;
 
 use super::LeafCas;
@@ -23,19 +21,13 @@ use crate::ProxyError;
 /// cluster -> (the PEMs it was built from, the verifier).
 type VerifierCache = HashMap<String, (Vec<String>, Arc<dyn ClientCertVerifier>)>;
 
-/// Verifies agents against the CA of the leaf their certificate names.
+/// Verifies agents against the CA of the leaf their certificate names: the decision of a
+/// [`CustomClientVerifier`] (which checks the handshake signatures as usual).
 pub struct LeafAgentVerifier {
     cas: LeafCas,
     cache: Mutex<VerifierCache>,
-    provider: Arc<CryptoProvider>,
     /// Poked when an unknown leaf knocks: its trust may be newer than our last heartbeat.
     refresh: Option<Arc<Notify>>,
-}
-
-impl std::fmt::Debug for LeafAgentVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeafAgentVerifier").finish_non_exhaustive()
-    }
 }
 
 fn refuse(reason: CertificateError) -> rustls::Error {
@@ -43,8 +35,10 @@ fn refuse(reason: CertificateError) -> rustls::Error {
 }
 
 impl LeafAgentVerifier {
-    pub fn new(cas: LeafCas, refresh: Option<Arc<Notify>>) -> Self {
-        LeafAgentVerifier { cas, cache: Mutex::new(HashMap::new()), provider: portcullis_rpc::crypto_provider(), refresh }
+    /// The verifier of the tunnel listener, trusting the leaves of `cas` as they change.
+    pub fn verifier(cas: LeafCas, refresh: Option<Arc<Notify>>) -> CustomClientVerifier {
+        let this = LeafAgentVerifier { cas, cache: Mutex::new(HashMap::new()), refresh };
+        CustomClientVerifier::new(Arc::new(move |end_entity, intermediates, now| this.verify(end_entity, intermediates, now)))
     }
 
     /// The WebPKI verifier trusting exactly `pems`, built once per CA set.
@@ -55,18 +49,8 @@ impl LeafAgentVerifier {
         {
             return Ok(v.clone());
         }
-        let mut roots = RootCertStore::empty();
-        for pem in pems {
-            let ders = portcullis_pki::x509::pem_to_ders(pem)
-                .map_err(|e| rustls::Error::General(format!("leaf {cluster:?} CA: {e}")))?;
-            for der in ders {
-                roots
-                    .add(CertificateDer::from(der))
-                    .map_err(|e| rustls::Error::General(format!("leaf {cluster:?} CA: {e}")))?;
-            }
-        }
-        let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
+        let v = roots_from_pems(pems)
+            .and_then(|roots| client_chain(roots, ClientAuth::Required))
             .map_err(|e| rustls::Error::General(format!("leaf {cluster:?} CA: {e}")))?;
         cache.insert(cluster.to_string(), (pems.to_vec(), v.clone()));
         // Leaves that are gone should not keep verifiers alive.
@@ -74,22 +58,8 @@ impl LeafAgentVerifier {
         cache.retain(|k, _| known.contains_key(k));
         Ok(v)
     }
-}
 
-impl ClientCertVerifier for LeafAgentVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -99,7 +69,7 @@ impl ClientCertVerifier for LeafAgentVerifier {
             tracing::info!("tunnel agent refused: unreadable certificate: {e}");
             refuse(CertificateError::BadEncoding)
         })?;
-        if !id.has_system_role(system_role::AGENT) {
+        if !id.has_system_role(SystemRole::Agent) {
             tracing::info!(name = %id.name, cluster = %id.cluster, roles = ?id.system_roles, "tunnel agent refused: the certificate is not an Agent certificate");
             return Err(refuse(CertificateError::ApplicationVerificationFailure));
         }
@@ -116,28 +86,6 @@ impl ClientCertVerifier for LeafAgentVerifier {
             .inspect_err(|e| {
                 tracing::info!(name = %id.name, cluster = %id.cluster, "tunnel agent refused: not signed by the leaf's CA: {e}");
             })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

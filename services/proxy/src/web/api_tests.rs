@@ -3,27 +3,48 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use actix_web::{App, test, web};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
-use super::configure_app;
+use super::{ConnInfo, router};
+use crate::drain::Drain;
 use crate::testutil::{self, CLUSTER, FakeAuth, PASSWORD};
 
-async fn call(state: Arc<crate::ProxyState>, req: test::TestRequest) -> (StatusCode, Value) {
-    let app = test::init_service(App::new().app_data(web::Data::from(state)).configure(configure_app)).await;
-    let resp = test::call_service(&app, req.to_request()).await;
+async fn call(state: Arc<crate::ProxyState>, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = router(state).oneshot(req).await.unwrap();
     let status = resp.status();
-    let body = test::read_body(resp).await;
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
     let v = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
     (status, v)
 }
 
-#[actix_web::test]
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// A POST with a JSON body, as clients send it (type and length named).
+fn post_json(uri: &str, body: &Value) -> Request<Body> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+/// `req` as if it came from `peer`.
+fn from_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
+    req.extensions_mut().insert(ConnInfo { peer: Some(peer.parse().unwrap()), cert: None });
+    req
+}
+
+#[tokio::test]
 async fn ping_ignores_the_host_header() {
     let state = testutil::state(None, vec![]);
     // Whatever Host the caller sends, the answer names the proxy's own listeners.
-    let req = test::TestRequest::get().uri("/webapi/ping").insert_header(("Host", "evil.test:443"));
+    let req = Request::get("/webapi/ping").header(header::HOST, "evil.test:443").body(Body::empty()).unwrap();
     let (status, v) = call(state, req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["cluster_name"], CLUSTER);
@@ -46,14 +67,11 @@ fn login_body(password: &str) -> Value {
     })
 }
 
-#[actix_web::test]
+#[tokio::test]
 async fn login_passes_the_request_on_and_answers_with_certificates() {
     let fake = Arc::new(FakeAuth::default());
     let state = testutil::state(Some(testutil::serve_fake(fake.clone()).await), vec![]);
-    let req = test::TestRequest::post()
-        .uri("/webapi/login")
-        .peer_addr("10.1.2.3:5555".parse().unwrap())
-        .set_json(login_body(PASSWORD));
+    let req = from_peer(post_json("/webapi/login", &login_body(PASSWORD)), "10.1.2.3:5555");
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["username"], "alice");
@@ -70,63 +88,77 @@ async fn login_passes_the_request_on_and_answers_with_certificates() {
         assert_eq!(logins[0].ttl_seconds, 3600);
     }
 
-    let req = test::TestRequest::post().uri("/webapi/login").set_json(login_body("wrong"));
+    let req = post_json("/webapi/login", &login_body("wrong"));
     let (status, v) = call(state, req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(v["error"], "invalid username or password");
 }
 
-#[actix_web::test]
+#[tokio::test]
 async fn bad_login_bodies_are_named() {
     let state = testutil::state(None, vec![]);
-    let req = test::TestRequest::post()
-        .uri("/webapi/login")
-        .insert_header(("Content-Type", "application/json"))
-        .set_payload("{not json");
+    let req = Request::post("/webapi/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().starts_with("invalid JSON request body"), "{v}");
 
-    let req = test::TestRequest::post().uri("/webapi/login").set_json(json!({"password": "x"}));
+    let req = post_json("/webapi/login", &json!({"password": "x"}));
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("missing field `user`"), "{v}");
 
     let mut body = login_body("x");
     body["tls_pub_key"] = json!("not base64!");
-    let req = test::TestRequest::post().uri("/webapi/login").set_json(body);
+    let req = post_json("/webapi/login", &body);
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("tls_pub_key is not standard base64"), "{v}");
 
     let mut body = login_body("x");
     body["password"] = json!("p".repeat(super::JSON_LIMIT + 1));
-    let req = test::TestRequest::post().uri("/webapi/login").set_json(body);
+    let req = post_json("/webapi/login", &body);
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("larger than the limit"), "{v}");
 
+    // A body named as something else than JSON is refused; an unnamed one is read as JSON.
+    let req = Request::post("/webapi/login").header(header::CONTENT_TYPE, "text/plain").body(Body::from("{}")).unwrap();
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(v["error"], "the request body must be JSON (Content-Type: application/json)");
+    let req = Request::post("/webapi/login").body(Body::from(r#"{"password": "x"}"#)).unwrap();
+    let (status, v) = call(state.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("missing field `user`"), "{v}");
+
     // No auth service behind this state: the answer says so.
-    let req = test::TestRequest::post().uri("/webapi/login").set_json(login_body("x"));
+    let req = post_json("/webapi/login", &login_body("x"));
     let (status, v) = call(state, req).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(v["error"].as_str().unwrap().starts_with("auth service unreachable"), "{v}");
 }
 
-#[actix_web::test]
+#[tokio::test]
 async fn nodes_need_a_certificate_and_unknown_paths_are_json() {
     let state = testutil::state(None, vec![]);
-    let req = test::TestRequest::get().uri(&format!("/webapi/sites/{CLUSTER}/nodes"));
+    let req = get(&format!("/webapi/sites/{CLUSTER}/nodes"));
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(v["error"], "a client certificate is required: run 'tsh login'");
 
-    let (status, v) = call(state, test::TestRequest::get().uri("/webapi/nope")).await;
+    let (status, v) = call(state.clone(), get("/webapi/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["error"], "no such endpoint: GET /webapi/nope");
+    // A known path with another method is no endpoint either.
+    let (status, v) = call(state, post_json("/webapi/ping", &json!({}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "no such endpoint: POST /webapi/ping");
 }
 
-#[actix_web::test]
+#[tokio::test]
 async fn authorize_needs_a_client_certificate() {
     let fake = Arc::new(FakeAuth::default());
     let state = testutil::state(Some(testutil::serve_fake(fake).await), vec![]);
@@ -134,7 +166,7 @@ async fn authorize_needs_a_client_certificate() {
     // for this cluster or a leaf.
     for cluster in [CLUSTER, "leaf"] {
         let body = json!({"ssh_cert": "ssh-ed25519-cert-v01@openssh.com AAAA", "login": "root", "node": "node-1", "cluster": cluster});
-        let req = test::TestRequest::post().uri("/webapi/ssh/authorize").set_json(body);
+        let req = post_json("/webapi/ssh/authorize", &body);
         let (status, v) = call(state.clone(), req).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
         assert_eq!(v["error"], "a client certificate is required: run 'tsh login'");
@@ -145,7 +177,7 @@ async fn authorize_needs_a_client_certificate() {
 /// certificate for `user` from `ca` (or none).
 struct Https {
     port: u16,
-    handle: actix_web::dev::ServerHandle,
+    drain: Drain,
     dir: std::path::PathBuf,
     roots: rustls::RootCertStore,
 }
@@ -162,15 +194,14 @@ impl Https {
         let (kp, cp) = (dir.join("key.pem"), dir.join("cert.pem"));
         std::fs::write(&kp, server_key.serialize_pem()).unwrap();
         std::fs::write(&cp, server_cert.pem()).unwrap();
-        let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.clone()).unwrap();
+        let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.verifier()).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = super::start(state, listener, tls).unwrap();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let drain = Drain::new();
+        tokio::spawn(super::start(state, listener, tls, drain.clone()).unwrap());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server_cert.der().clone()).unwrap();
-        Https { port, handle, dir, roots }
+        Https { port, drain, dir, roots }
     }
 
     fn client(&self, user: Option<(&portcullis_pki::x509::TlsCa, &str, &str)>) -> reqwest::Client {
@@ -205,7 +236,7 @@ impl Https {
     }
 
     async fn stop(self) {
-        self.handle.stop(true).await;
+        self.drain.start();
         let _ = std::fs::remove_dir_all(self.dir);
     }
 }
@@ -295,13 +326,12 @@ async fn https_client_certificates_reach_handlers() {
     let (kp, cp) = (dir.join("key.pem"), dir.join("cert.pem"));
     std::fs::write(&kp, server_key.serialize_pem()).unwrap();
     std::fs::write(&cp, server_cert.pem()).unwrap();
-    let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.clone()).unwrap();
+    let tls = super::tls::server_config(&[(kp, cp)], &[], state.client_verifier.verifier()).unwrap();
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = super::start(state, listener, tls).unwrap();
-    let handle = server.handle();
-    tokio::spawn(server);
+    let drain = Drain::new();
+    let server = tokio::spawn(super::start(state, listener, tls, drain.clone()).unwrap());
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server_cert.der().clone()).unwrap();
@@ -354,11 +384,12 @@ async fn https_client_certificates_reach_handlers() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["proxy"]["ssh"]["public_addr"], "0.0.0.0:43080");
 
-    handle.stop(true).await;
+    drain.start();
+    server.await.unwrap().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[actix_web::test]
+#[tokio::test]
 async fn trusted_cluster_validation_is_passed_to_auth() {
     let fake = Arc::new(FakeAuth::default());
     let state = testutil::state(Some(testutil::serve_fake(fake.clone()).await), vec![]);
@@ -369,15 +400,12 @@ async fn trusted_cluster_validation_is_passed_to_auth() {
             "cas": {"tls_ca_pem": ["leaf-tls"], "ssh_user_ca": ["leaf-user"], "ssh_host_ca": ["leaf-host"]},
         })
     };
-    let req = test::TestRequest::post()
-        .uri("/webapi/trustedclusters/validate")
-        .peer_addr("10.9.8.7:4444".parse().unwrap())
-        .set_json(body("wrong-token"));
+    let req = from_peer(post_json("/webapi/trustedclusters/validate", &body("wrong-token")), "10.9.8.7:4444");
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(v, json!({"error": "access denied: the cluster token has been rejected"}));
 
-    let req = test::TestRequest::post().uri("/webapi/trustedclusters/validate").set_json(body(testutil::CLUSTER_TOKEN));
+    let req = post_json("/webapi/trustedclusters/validate", &body(testutil::CLUSTER_TOKEN));
     let (status, v) = call(state.clone(), req).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["cluster_name"], CLUSTER);
@@ -390,9 +418,7 @@ async fn trusted_cluster_validation_is_passed_to_auth() {
         assert_eq!((cas.tls_ca_pem, cas.ssh_user_ca, cas.ssh_host_ca), (vec!["leaf-tls".into()], vec!["leaf-user".into()], vec!["leaf-host".into()]));
     }
 
-    let req = test::TestRequest::post()
-        .uri("/webapi/trustedclusters/validate")
-        .set_json(json!({"token": "x", "cluster_name": " "}));
+    let req = post_json("/webapi/trustedclusters/validate", &json!({"token": "x", "cluster_name": " "}));
     let (status, v) = call(state, req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().starts_with("cluster_name is empty"), "{v}");

@@ -1,64 +1,61 @@
 //! Trusted-cluster routes of the web API: a leaf asking for trust, the clusters a user may
-//! see (from auth, or its access cache while auth is away), and the nodes of a leaf (asked through its reverse tunnel).
+//! see (from auth, or its access cache while auth is away), and the nodes of a leaf (asked
+//! through its site, after checking the user may see the leaf at all).
 
-use actix::Addr;
-use actix_web::{HttpRequest, HttpResponse, web};
-use portcullis_pki::Secret;
-use portcullis_proto::auth::{ListRemoteClustersRequest, ValidateTrustedClusterRequest};
-use serde::Deserialize;
-use serde_json::json;
+use std::sync::Arc;
 
-use super::handlers::{access_status, peer_addr, require_cert};
-use super::ApiError;
-use crate::route::{ClusterRoute, RouteError};
+use axum::extract::State;
+use axum::response::Response;
+use portcullis_proto::auth::{ListRemoteClustersRequest, Node, ValidateTrustedClusterRequest};
+use portcullis_types::webapi::{CertAuthorities, SiteInfo, SitesResponse, ValidateRequest, ValidateResponse};
+
+use super::{ApiError, ConnInfo, Json, ok};
+use crate::route::RouteError;
+use crate::site::{Site, access_status};
 use crate::state::{ProxyState, auth_call, auth_unreachable};
-use crate::tunnel::LeafActor;
-use crate::tunnel::actor::ListNodes;
 
-type State = web::Data<ProxyState>;
+type AppState = State<Arc<ProxyState>>;
 
-/// Body of `POST /webapi/trustedclusters/validate` (what a leaf's auth sends).
-#[derive(Debug, Deserialize)]
-pub struct ValidateBody {
-    token: Secret<String>,
-    cluster_name: String,
-    #[serde(default)]
-    cas: portcullis_proto::auth::CertAuthorities,
-}
-
-impl ValidateBody {
-    /// The leaf cluster's name, trimmed; refused when empty. Public so the fuzz targets
-    /// (fuzz/) run exactly the checks this route runs after decoding the JSON body.
-    pub fn leaf_name(&self) -> Result<String, ApiError> {
-        let leaf = self.cluster_name.trim().to_string();
-        if leaf.is_empty() {
-            return Err(ApiError::bad_request("cluster_name is empty: name the leaf cluster asking for trust"));
-        }
-        Ok(leaf)
+/// The leaf cluster's name of a validation body, trimmed; refused when empty. Public so the
+/// fuzz targets (fuzz/) run exactly the checks this route runs after decoding the body.
+pub fn leaf_name(body: &ValidateRequest) -> Result<String, ApiError> {
+    let leaf = body.cluster_name.trim().to_string();
+    if leaf.is_empty() {
+        return Err(ApiError::bad_request("cluster_name is empty: name the leaf cluster asking for trust"));
     }
+    Ok(leaf)
 }
 
 /// `POST /webapi/trustedclusters/validate`: a leaf cluster asks to be trusted with an invite
 /// token; auth decides. No client certificate: the token is the credential (never logged).
-pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBody>) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let leaf = body.leaf_name()?;
-    let remote_addr = peer_addr(&req);
+pub async fn validate(State(state): AppState, conn: ConnInfo, Json(body): Json<ValidateRequest>) -> Result<Response, ApiError> {
+    let leaf = leaf_name(&body)?;
+    let remote_addr = conn.peer_addr();
+    let cas = body.cas;
     let request = ValidateTrustedClusterRequest {
-        token: body.token.expose().clone(),
+        token: body.token.into_inner(),
         leaf_cluster_name: leaf.clone(),
-        leaf_cas: Some(body.cas),
+        leaf_cas: Some(portcullis_proto::auth::CertAuthorities {
+            tls_ca_pem: cas.tls_ca_pem,
+            ssh_user_ca: cas.ssh_user_ca,
+            ssh_host_ca: cas.ssh_host_ca,
+        }),
         remote_addr: remote_addr.clone(),
     };
     match auth_call(state.auth().validate_trusted_cluster(request)).await {
         Ok(resp) => {
             tracing::info!(%leaf, %remote_addr, "leaf cluster trusted");
             // Its agents will knock within seconds: fetch its CA now rather than at the next beat.
-            state.tunnels.want_refresh();
-            Ok(HttpResponse::Ok().json(json!({
-                "cluster_name": resp.root_cluster_name,
-                "cas": resp.root_cas.unwrap_or_default(),
-            })))
+            state.sites.request_refresh();
+            let root = resp.root_cas.unwrap_or_default();
+            Ok(ok(&ValidateResponse {
+                cas: CertAuthorities {
+                    tls_ca_pem: root.tls_ca_pem,
+                    ssh_user_ca: root.ssh_user_ca,
+                    ssh_host_ca: root.ssh_host_ca,
+                },
+                cluster_name: resp.root_cluster_name,
+            }))
         }
         Err(s) => {
             tracing::info!(%leaf, %remote_addr, code = ?s.code(), "trusted cluster request refused: {}", s.message());
@@ -68,8 +65,8 @@ pub async fn validate(req: HttpRequest, state: State, body: web::Json<ValidateBo
 }
 
 /// `GET /webapi/sites`: this cluster first, then the leaves the user may see.
-pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
-    let cert = require_cert(&req)?;
+pub async fn sites(State(state): AppState, conn: ConnInfo) -> Result<Response, ApiError> {
+    let cert = conn.require_cert()?;
     // Auth answers while it can (its view is the newest); the access cache, which makes the
     // same decision, answers while no auth server does.
     let req = ListRemoteClustersRequest { user_tls_cert: cert.clone(), ..Default::default() };
@@ -83,25 +80,29 @@ pub async fn sites(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
         (Err(s), _) => return Err(s.into()),
     };
     leaves.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut sites = vec![json!({"name": state.cluster_name, "status": "online", "type": "root", "labels": {}})];
+    let mut sites = vec![SiteInfo {
+        name: state.cluster_name.clone(),
+        status: "online".into(),
+        cluster_type: "root".into(),
+        ..Default::default()
+    }];
     for rc in leaves {
         // Auth's view covers every proxy; a tunnel held right here is online whatever it says.
-        let online = rc.connection == "online" || state.tunnels.leaf(&rc.name).is_some();
-        let labels: std::collections::BTreeMap<_, _> = rc.labels.into_iter().collect();
-        sites.push(json!({
-            "name": rc.name,
-            "status": if online { "online" } else { "offline" },
-            "type": "leaf",
-            "labels": labels,
-            "last_heartbeat": rc.last_heartbeat,
-        }));
+        let online = rc.connection == "online" || state.sites.is_online(&rc.name);
+        sites.push(SiteInfo {
+            labels: rc.labels.into_iter().collect(),
+            last_heartbeat: Some(rc.last_heartbeat),
+            name: rc.name,
+            status: if online { "online" } else { "offline" }.into(),
+            cluster_type: "leaf".into(),
+        });
     }
-    Ok(HttpResponse::Ok().json(json!({ "sites": sites })))
+    Ok(ok(&SitesResponse { sites }))
 }
 
-/// The route to a leaf the user may see. Leaves hidden from the user by `cluster_labels`
-/// are "not found", exactly like names that do not exist.
-pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Addr<LeafActor>, ApiError> {
+/// The site of a leaf the user may see. Leaves hidden from the user by `cluster_labels` are
+/// "not found", exactly like names that do not exist.
+async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Site, ApiError> {
     let ask_auth = || async {
         let req = ListRemoteClustersRequest {
             user_tls_cert: user_tls_cert.to_vec(),
@@ -123,12 +124,10 @@ pub async fn visible_leaf(state: &ProxyState, user_tls_cert: &[u8], cluster: &st
     if !visible {
         return Err(RouteError::ClusterNotFound(cluster.to_string()).into());
     }
-    match state.router.cluster(cluster) {
-        Ok(ClusterRoute::Leaf(addr)) => Ok(addr),
+    match state.sites.get(cluster) {
+        Ok(site) if site.is_leaf() && site.is_online() => Ok(site),
         // Auth knows it but this proxy has no tunnel (or has not heard of its CA yet).
-        Ok(ClusterRoute::Local) | Err(RouteError::ClusterNotFound(_)) => {
-            Err(RouteError::ClusterOffline(cluster.to_string()).into())
-        }
+        Ok(_) | Err(RouteError::ClusterNotFound(_)) => Err(RouteError::ClusterOffline(cluster.to_string()).into()),
         Err(e) => Err(e.into()),
     }
 }
@@ -147,20 +146,13 @@ fn to_proto_rc(rc: portcullis_types::RemoteCluster) -> portcullis_proto::auth::R
     }
 }
 
-/// The nodes of a leaf the user may see, asked through the leaf's tunnel; the leaf's auth
+/// The nodes of a leaf the user may see, asked through the leaf's site; the leaf's auth
 /// applies the user's mapped roles.
-pub async fn leaf_nodes(state: &ProxyState, user_tls_cert: Vec<u8>, cluster: &str) -> Result<HttpResponse, ApiError> {
-    let addr = visible_leaf(state, &user_tls_cert, cluster).await?;
-    let nodes = match addr.send(ListNodes { user_tls_cert, labels: Default::default() }).await {
-        Ok(r) => r?,
-        Err(_) => return Err(RouteError::ClusterOffline(cluster.to_string()).into()),
-    };
-    let nodes: Vec<_> = nodes
-        .into_iter()
-        .map(|n| {
-            let labels: std::collections::BTreeMap<_, _> = n.labels.into_iter().collect();
-            json!({"id": n.id, "hostname": n.hostname, "addr": n.addr, "labels": labels, "tunnel": true})
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
+pub async fn leaf_nodes(state: &ProxyState, user_tls_cert: &[u8], cluster: &str) -> Result<Vec<Node>, ApiError> {
+    let site = visible_leaf(state, user_tls_cert, cluster).await?;
+    site.list_nodes(user_tls_cert, &Default::default()).await.map_err(|e| match e {
+        // The tunnel's or the leaf's own words, as before.
+        RouteError::Leaf { reason, .. } => ApiError::from(reason),
+        e => ApiError::from(e),
+    })
 }

@@ -3,18 +3,17 @@
 
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
-use actix_web::middleware::Next;
-use actix_web::{Error, ResponseError, web};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{HeaderValue, RETRY_AFTER};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use portcullis_config::RateLimitSettings;
 use portcullis_rpc::rate_limit::{AddrRateLimiter, retry_after_secs};
 
-use super::{ApiError, PeerCert};
+use super::{ApiError, ConnInfo};
 
-/// The limiter the middleware consults, shared by all web workers (app data).
+/// The limiter the middleware consults, shared by all connections.
 #[derive(Debug, Clone)]
 pub struct WebRateLimit(pub Arc<AddrRateLimiter>);
 
@@ -25,64 +24,59 @@ impl WebRateLimit {
 }
 
 /// The 429 answer: the usual `{"error"}` body, and `Retry-After` in whole seconds.
-pub fn too_many(ip: std::net::IpAddr, wait: std::time::Duration) -> actix_web::HttpResponse {
+pub fn too_many(ip: std::net::IpAddr, wait: std::time::Duration) -> Response {
     let secs = retry_after_secs(wait);
-    let mut resp = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!("too many requests from {ip}; try again in {secs}s"),
-    )
-    .error_response();
+    let mut resp =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many requests from {ip}; try again in {secs}s")).into_response();
     resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
-/// Middleware (`actix_web::middleware::from_fn`): a request with a verified client
+/// Middleware (`axum::middleware::from_fn_with_state`): a request with a verified client
 /// certificate is a known user or host and passes; any other takes a token of its address.
-pub async fn limit_unauthenticated<B: MessageBody>(
-    req: ServiceRequest,
-    next: Next<B>,
-) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let limiter = req.app_data::<web::Data<WebRateLimit>>().map(|l| l.0.clone());
-    let anonymous = req.conn_data::<PeerCert>().is_none();
-    if let (Some(limiter), true, Some(peer)) = (limiter, anonymous, req.peer_addr())
-        && let Err((wait, log)) = limiter.check_logged(peer.ip())
+pub async fn limit_unauthenticated(State(limit): State<WebRateLimit>, req: Request, next: Next) -> Response {
+    let conn = req.extensions().get::<ConnInfo>().cloned().unwrap_or_default();
+    if let (None, Some(peer)) = (&conn.cert, conn.peer)
+        && let Err((wait, log)) = limit.0.check_logged(peer.ip())
     {
         if log {
-            tracing::info!(ip = %peer.ip(), path = %req.path(), "web request refused: rate limit (logged once a minute per address)");
+            tracing::info!(ip = %peer.ip(), path = %req.uri().path(), "web request refused: rate limit (logged once a minute per address)");
         }
-        return Ok(req.into_response(too_many(peer.ip(), wait)).map_into_right_body());
+        return too_many(peer.ip(), wait);
     }
-    Ok(next.call(req).await?.map_into_left_body())
+    next.run(req).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::middleware::from_fn;
-    use actix_web::{App, HttpResponse, test};
+    use axum::Router;
+    use axum::body::Body;
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use tower::ServiceExt;
 
-    #[actix_web::test]
+    #[tokio::test]
     async fn a_burst_from_one_address_gets_429_with_retry_after() {
-        let limit = web::Data::new(WebRateLimit::new(RateLimitSettings { burst: 3, per_second: 0.5 }));
-        let app = test::init_service(
-            App::new()
-                .app_data(limit)
-                .wrap(from_fn(limit_unauthenticated))
-                .route("/webapi/ping", web::get().to(|| async { HttpResponse::Ok().finish() })),
-        )
-        .await;
+        let limit = WebRateLimit::new(RateLimitSettings { burst: 3, per_second: 0.5 });
+        let app = Router::new()
+            .route("/webapi/ping", get(|| async { StatusCode::OK }))
+            .layer(from_fn_with_state(limit, limit_unauthenticated));
         let from = |ip: &str| {
-            test::TestRequest::get().uri("/webapi/ping").peer_addr(format!("{ip}:40000").parse().unwrap()).to_request()
+            let mut req = Request::get("/webapi/ping").body(Body::empty()).unwrap();
+            req.extensions_mut().insert(ConnInfo { peer: Some(format!("{ip}:40000").parse().unwrap()), cert: None });
+            app.clone().oneshot(req)
         };
         for _ in 0..3 {
-            assert_eq!(test::call_service(&app, from("192.0.2.1")).await.status(), StatusCode::OK);
+            assert_eq!(from("192.0.2.1").await.unwrap().status(), StatusCode::OK);
         }
-        let resp = test::call_service(&app, from("192.0.2.1")).await;
+        let resp = from("192.0.2.1").await.unwrap();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers().get(RETRY_AFTER).unwrap(), "2");
-        let body: serde_json::Value = test::read_body_json(resp).await;
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"], "too many requests from 192.0.2.1; try again in 2s");
         // Another address is not affected.
-        assert_eq!(test::call_service(&app, from("192.0.2.2")).await.status(), StatusCode::OK);
+        assert_eq!(from("192.0.2.2").await.unwrap().status(), StatusCode::OK);
     }
 }

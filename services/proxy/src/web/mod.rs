@@ -1,31 +1,66 @@
-//! The HTTPS web API (actix-web): ping, password login, clusters and node listing,
-//! explanations of SSH refusals, and leaf clusters asking for trust. Errors are
-//! `{"error": "..."}` with a 4xx/5xx status.
+//! The HTTPS web API (axum on the proxy's tokio runtime): ping, password login, clusters and
+//! node listing, explanations of SSH refusals, and leaf clusters asking for trust. Bodies are
+//! `portcullis_types::webapi`; errors are `{"error": "..."}` with a 4xx/5xx status.
 
 #[cfg(test)]
 mod api_tests;
+pub mod body;
 pub mod clusters;
 pub mod handlers;
 pub mod limit;
+pub mod server;
 pub mod tls;
 
-use std::any::Any;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::dev::{Extensions, Server};
-use actix_web::error::JsonPayloadError;
-use actix_web::http::StatusCode;
-use actix_web::rt::net::TcpStream;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use portcullis_types::webapi;
 use tonic::{Code, Status};
 
 use crate::route::RouteError;
 use crate::state::ProxyState;
 use crate::tunnel::TunnelError;
-use crate::ProxyError;
 
-/// Largest JSON body accepted; requests are small, so anything bigger is a mistake or abuse.
-pub const JSON_LIMIT: usize = 64 * 1024;
+pub use body::{JSON_LIMIT, Json};
+pub use server::{WebServer, start, start_limited};
+
+/// What the connection tells about its client: its address and the verified TLS client
+/// certificate, when it sent one. The server puts it in every request's extensions; a
+/// request without it (an in-process test) has neither.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+    pub cert: Option<PeerCert>,
+}
+
+impl ConnInfo {
+    /// The client's address as the auth service records it ("" when unknown).
+    pub fn peer_addr(&self) -> String {
+        self.peer.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// The client certificate (DER), required by user routes.
+    pub fn require_cert(&self) -> Result<Vec<u8>, ApiError> {
+        self.cert
+            .as_ref()
+            .map(|c| c.0.clone())
+            .ok_or_else(|| ApiError::unauthorized("a client certificate is required: run 'tsh login'"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<ConnInfo>().cloned().unwrap_or_default())
+    }
+}
 
 /// The verified TLS client certificate (DER) of a connection, when the client sent one.
 #[derive(Debug, Clone)]
@@ -48,6 +83,9 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -56,20 +94,32 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
+impl std::error::Error for ApiError {}
 
-    fn error_response(&self) -> HttpResponse {
-        let mut resp = HttpResponse::build(self.status);
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = reply(self.status, &webapi::ErrorBody { error: self.message });
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             // The auth service refuses a login flood for about a second; the web rate
             // limit (limit.rs) replaces this with its own wait.
-            resp.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        resp.json(serde_json::json!({ "error": self.message }))
+        resp
     }
+}
+
+/// A JSON answer with `status`.
+pub fn reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response(),
+        // The bodies are plain structs of strings: this does not happen, but must not panic.
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")).into_response(),
+    }
+}
+
+/// A JSON answer with 200 OK.
+pub fn ok<T: serde::Serialize>(body: &T) -> Response {
+    reply(StatusCode::OK, body)
 }
 
 /// The HTTP status for an auth service status code: the one place this mapping lives.
@@ -103,12 +153,12 @@ impl From<RouteError> for ApiError {
             RouteError::ClusterOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::Reserved { .. } => StatusCode::FORBIDDEN,
             RouteError::Leaf { reason, .. } => tunnel_status(reason),
+            // Auth's own answer keeps its status and wording.
+            RouteError::Auth(s) => return ApiError::from(s.clone()),
             RouteError::Resolve { .. }
             | RouteError::Connect { .. }
             | RouteError::Tunnel { .. }
-            | RouteError::ClusterCheck { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            | RouteError::ClusterCheck { .. } => StatusCode::BAD_GATEWAY,
         };
         ApiError::new(status, e.to_string())
     }
@@ -129,107 +179,20 @@ impl From<TunnelError> for ApiError {
     }
 }
 
-/// Turns body errors into `{"error"}` answers that say what is wrong with the body.
-fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    let e = match &err {
-        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body ({length} bytes) is larger than the limit of {limit} bytes"),
-        ),
-        JsonPayloadError::Overflow { limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than the limit of {limit} bytes"),
-        ),
-        JsonPayloadError::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the request body must be JSON (Content-Type: application/json)",
-        ),
-        JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid JSON request body: {e}")),
-        other => ApiError::bad_request(format!("cannot read the request body: {other}")),
-    };
-    e.into()
-}
-
-fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(JSON_LIMIT)
-        // curl users forget the header; a body that parses as JSON is good enough.
-        .content_type_required(false)
-        .error_handler(json_error)
-}
-
-/// Body limits, routes and the JSON 404 for unknown paths.
-pub fn configure_app(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(json_config())
-        .configure(handlers::routes)
-        .default_service(web::to(handlers::not_found));
-}
-
-/// Stores the verified client certificate of a TLS connection for the handlers.
-fn capture_peer_cert(conn: &dyn Any, ext: &mut Extensions) {
-    type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
-    let Some(tls) = conn.downcast_ref::<Tls>() else {
-        return;
-    };
-    let (_, session) = tls.get_ref();
-    if let Some(first) = session.peer_certificates().and_then(|c| c.first()) {
-        ext.insert(PeerCert(first.to_vec()));
-    }
-}
-
-/// Builds the HTTPS server on `listener`; the caller spawns the returned future and stops it
-/// through its handle.
-pub fn start(
-    state: Arc<ProxyState>,
-    listener: std::net::TcpListener,
-    tls: rustls::ServerConfig,
-) -> Result<Server, ProxyError> {
-    start_limited(state, listener, tls, portcullis_net::ConnectionLimits::PROXY, Default::default())
-}
-
-/// Worker threads of the HTTPS server.
-const WEB_WORKERS: usize = 2;
-
-/// [`start`] with `limits`: TLS handshakes under the handshake timeout, at most
-/// `max_connections` in all, and connections beyond the per-address cap shut at once.
-pub fn start_limited(
-    state: Arc<ProxyState>,
-    listener: std::net::TcpListener,
-    tls: rustls::ServerConfig,
-    limits: portcullis_net::ConnectionLimits,
-    rate_limit: portcullis_config::RateLimitSettings,
-) -> Result<Server, ProxyError> {
-    let data = web::Data::from(state);
-    let rate_limit = web::Data::new(limit::WebRateLimit::new(rate_limit));
-    let gate = portcullis_net::Gate::new("proxy_web", limits);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(rate_limit.clone())
-            .wrap(actix_web::middleware::from_fn(limit::limit_unauthenticated))
-            .configure(configure_app)
-    })
-    .on_connect(move |conn, ext| {
-        capture_peer_cert(conn, ext);
-        // actix runs the handshake itself, so the per-address cap applies from here; the
-        // place is kept in the connection's data, dropped when the connection ends.
-        type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
-        if let Some(tls) = conn.downcast_ref::<Tls>()
-            && let Some(place) = portcullis_net::admit_stream(&gate, tls.get_ref().0)
-        {
-            ext.insert(place);
-        }
-    })
-    .tls_handshake_timeout(limits.handshake_timeout)
-    .max_connections(limits.max_total.div_ceil(WEB_WORKERS))
-    // The process owns signal handling; the proxy stops the server itself.
-    .disable_signals()
-    .shutdown_timeout(5)
-    .workers(WEB_WORKERS)
-    .listen_rustls_0_23(listener, tls)
-    .map_err(|e| ProxyError::io("serving HTTPS on the web listener", e))?
-    .run();
-    Ok(server)
+/// The routes over `state`, with the JSON 404 for unknown paths and methods. The server adds
+/// the rate limit ([`limit`]) and the connection's [`ConnInfo`].
+pub fn router(state: Arc<ProxyState>) -> Router {
+    Router::new()
+        .route(webapi::PING_PATH, get(handlers::ping))
+        .route(webapi::LOGIN_PATH, post(handlers::login))
+        .route(webapi::VALIDATE_PATH, post(clusters::validate))
+        .route(webapi::SITES_PATH, get(clusters::sites))
+        .route(webapi::NODES_PATH, get(handlers::nodes))
+        .route(webapi::AUTHORIZE_PATH, post(handlers::authorize))
+        .fallback(handlers::not_found)
+        // A known path with another method is "no such endpoint" too, as it always was.
+        .method_not_allowed_fallback(handlers::not_found)
+        .with_state(state)
 }
 
 #[cfg(test)]
@@ -257,14 +220,18 @@ mod tests {
         assert_eq!(e.message, "auth service unreachable: connection refused");
         let e = ApiError::from(RouteError::ClusterNotFound("x".into()));
         assert_eq!((e.status, e.message.as_str()), (StatusCode::NOT_FOUND, "cluster \"x\" is not found"));
+        let e = ApiError::from(RouteError::Auth(Status::permission_denied("no")));
+        assert_eq!((e.status, e.message.as_str()), (StatusCode::FORBIDDEN, "no"));
     }
 
-    #[actix_web::test]
+    #[tokio::test]
     async fn error_bodies_are_json() {
-        let resp = ApiError::bad_request("nope").error_response();
+        let resp = ApiError::bad_request("nope").into_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-        let body = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["error"], "nope");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        assert_eq!(&body[..], br#"{"error":"nope"}"#);
+        let resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -3,15 +3,15 @@
 //! can refresh without restarting the listener.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use portcullis_pki::verify;
+use rustls::ServerConfig;
 
 use crate::ProxyError;
 
@@ -132,96 +132,33 @@ fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// Optional client certificates, checked against the cluster TLS CAs of the moment.
-///
-/// rustls keeps the verifier for the listener's lifetime, so the CA set lives behind a lock
-/// and is swapped when the heartbeat brings new CAs.
+/// Optional client certificates, checked against the cluster TLS CAs of the moment (the
+/// heartbeat swaps them without restarting the listener): `portcullis_pki::verify`'s
+/// reloadable verifier, with the proxy's error type at the edge.
 #[derive(Debug)]
-pub struct ReloadableClientVerifier {
-    inner: RwLock<Arc<dyn ClientCertVerifier>>,
-}
+pub struct ReloadableClientVerifier(Arc<verify::ReloadableClientVerifier>);
 
 impl ReloadableClientVerifier {
     /// A verifier trusting the given PEM CA certificates.
     pub fn new(ca_pems: &[String]) -> Result<Self, ProxyError> {
-        Ok(ReloadableClientVerifier { inner: RwLock::new(build_verifier(ca_pems)?) })
+        // Login and ping have no certificate yet; handlers that need one ask for it.
+        let v = verify::ReloadableClientVerifier::new(ca_pems, verify::ClientAuth::Optional).map_err(tls_err)?;
+        Ok(ReloadableClientVerifier(Arc::new(v)))
     }
 
     /// Replaces the trusted CAs; the old set stays when the new one is unusable.
     pub fn reload(&self, ca_pems: &[String]) -> Result<(), ProxyError> {
-        let v = build_verifier(ca_pems)?;
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = v;
-        Ok(())
+        self.0.reload(ca_pems).map_err(tls_err)
     }
 
-    fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The rustls verifier to put in a `ServerConfig`.
+    pub fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.0.clone()
     }
 }
 
-fn build_verifier(ca_pems: &[String]) -> Result<Arc<dyn ClientCertVerifier>, ProxyError> {
-    let mut roots = RootCertStore::empty();
-    for pem in ca_pems {
-        let ders = portcullis_pki::x509::pem_to_ders(pem)
-            .map_err(|e| ProxyError::Tls(format!("cluster TLS CA: {e}")))?;
-        for der in ders {
-            roots
-                .add(CertificateDer::from(der))
-                .map_err(|e| ProxyError::Tls(format!("cluster TLS CA: {e}")))?;
-        }
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), portcullis_rpc::crypto_provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ProxyError::Tls(format!("client certificate verifier: {e}")))
-}
-
-impl ClientCertVerifier for ReloadableClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        // Login and ping have no certificate yet; handlers that need one ask for it.
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // No hints: the set can change under the lock, and with an empty list clients
-        // send the certificate they hold, which is what tsh expects.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current().verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
-    }
+fn tls_err(e: verify::VerifyError) -> ProxyError {
+    ProxyError::Tls(format!("cluster TLS CA: {e}"))
 }
 
 #[cfg(test)]
@@ -253,15 +190,15 @@ mod tests {
         let verifier = Arc::new(ReloadableClientVerifier::new(&[ca.cert_pem().to_string()]).unwrap());
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "proxy-1".to_string()];
         // The public builder works...
-        server_config(&[], &names, verifier.clone()).unwrap();
+        server_config(&[], &names, verifier.verifier()).unwrap();
         // ...and a config over a known self-signed certificate lets a client check it.
         let cert = self_signed(&names).unwrap();
         assert_eq!(cert.names, vec!["127.0.0.1", "localhost", "proxy-1"]);
         assert_eq!(dns_names(cert.key.cert[0].as_ref()).unwrap(), vec!["localhost", "proxy-1"]);
         let server_der = cert.key.cert[0].clone();
-        let server_cfg = Arc::new(config_with(vec![cert], verifier.clone()).unwrap());
+        let server_cfg = Arc::new(config_with(vec![cert], verifier.verifier()).unwrap());
 
-        let mut roots = RootCertStore::empty();
+        let mut roots = rustls::RootCertStore::empty();
         roots.add(server_der).unwrap();
         let builder = || {
             rustls::ClientConfig::builder_with_provider(portcullis_rpc::crypto_provider())

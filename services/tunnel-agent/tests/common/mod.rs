@@ -7,7 +7,7 @@ pub mod proxy;
 
 use std::time::Duration;
 
-use portcullis_pki::x509::{self, AUTH_SERVER_NAME, PROXY_SERVER_NAME, TlsCa, TlsCertRequest, system_role};
+use portcullis_pki::x509::{self, AUTH_SERVER_NAME, PROXY_SERVER_NAME, TlsCa, TlsCertRequest, SystemRole};
 use portcullis_pki::{Identity, Secret};
 use portcullis_proto::auth::TrustedClusterTarget;
 use portcullis_proto::auth::auth_client::AuthClient;
@@ -54,7 +54,7 @@ impl Pki {
             .issue(&TlsCertRequest {
                 public_key_der: x509::public_key_der(&key),
                 name: AGENT_ID.into(),
-                system_roles: vec![system_role::AGENT.into()],
+                system_roles: vec![SystemRole::Agent.into()],
                 ttl: Duration::from_secs(3600),
                 ..Default::default()
             })
@@ -63,15 +63,15 @@ impl Pki {
             LEAF.into(),
             AGENT_ID.into(),
             "agent-host".into(),
-            system_role::AGENT.into(),
+            SystemRole::Agent.into(),
             cert,
             Secret::new(key.serialize_pem()),
             vec![leaf.cert_pem().to_string()],
             Secret::new(String::new()),
             String::new(),
         );
-        let proxy = server_cert(&root, PROXY_SERVER_NAME, system_role::PROXY);
-        let auth = server_cert(&leaf, AUTH_SERVER_NAME, system_role::AUTH);
+        let proxy = server_cert(&root, PROXY_SERVER_NAME, SystemRole::Proxy.as_str());
+        let auth = server_cert(&leaf, AUTH_SERVER_NAME, SystemRole::Auth.as_str());
         Pki { root, leaf, identity, proxy, auth }
     }
 

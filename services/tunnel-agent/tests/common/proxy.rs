@@ -95,7 +95,7 @@ impl Drop for OpenGuard {
 struct Served(Arc<ProxyState>);
 
 fn frame(msg: ProxyMsg) -> Result<ProxyFrame, Status> {
-    Ok(ProxyFrame { msg: Some(msg) })
+    Ok(portcullis_tunnel::proxy_frame(msg))
 }
 
 #[tonic::async_trait]
@@ -162,13 +162,8 @@ impl Tunnel for Served {
     }
 
     async fn dial(&self, req: Request<Streaming<Chunk>>) -> Result<Response<Self::DialStream>, Status> {
-        let id: u64 = req
-            .metadata()
-            .get("x-portcullis-dial-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Status::invalid_argument("missing x-portcullis-dial-id"))?;
-        let (tx, rx) = mpsc::channel(16);
+        let id = portcullis_tunnel::dial_id(req.metadata())?;
+        let (tx, rx) = mpsc::channel(portcullis_tunnel::CHUNK_QUEUE);
         self.0.dials.lock().unwrap().insert(id, DialStream { inbound: req.into_inner(), tx });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

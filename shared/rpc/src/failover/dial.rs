@@ -10,7 +10,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tonic::transport::Uri;
 
-use crate::verify::find_wrong_role;
+use portcullis_pki::verify::find_wrong_role;
 
 /// A TLS stream to one auth server, as the tonic connector hands it over.
 pub(crate) type Stream = TokioIo<tokio_rustls::client::TlsStream<crate::ReadBuffered>>;

@@ -1,4 +1,4 @@
-//! Structured logging set-up (tracing), from the `teleport.log` settings.
+//! Logs alone, without exporting spans: for one-shot tools (tctl) that log to stderr.
 
 use portcullis_config::LogSettings;
 use tracing_subscriber::EnvFilter;
@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init_logging(log: &LogSettings) {
     // Dependencies are loud at debug; keep them at info unless asked otherwise.
     let directive = format!(
-        "{sev},h2=info,hyper=info,hyper_util=info,tower=info,sled=info,russh=info,rustls=info,tonic=info,actix_server=warn,actix_web=info",
+        "{sev},h2=info,hyper=info,hyper_util=info,tower=info,sled=info,russh=info,rustls=info,tonic=info,actix=info",
         sev = log.severity
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
@@ -20,22 +20,4 @@ pub fn init_logging(log: &LogSettings) {
     };
     // A second init (tests running several services in one process) is not an error.
     let _ = result;
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

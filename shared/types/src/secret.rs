@@ -1,4 +1,4 @@
-//! A wrapper for secrets (tokens, passwords, private keys) whose `Debug` never prints them.
+//! The one wrapper for secrets (tokens, passwords, private keys) whose `Debug` never prints them.
 
 use serde::{Deserialize, Serialize};
 
