@@ -178,9 +178,10 @@ impl Root {
         let ports = ProxyPorts { web: free_port()?, ssh: free_port()?, tunnel: free_port()? };
         let token = auth.token("proxy", "30m")?;
         // Hundreds of simulated leaves ask for trust from 127.0.0.1 within seconds: lift the
-        // per-address limit of anonymous web requests, meant for one client each.
+        // per-address limit of anonymous web requests, meant for one client each. All their
+        // tunnels come from 127.0.0.1 too: lift the per-address connection cap (1024).
         let cfg = format!(
-            "version: v3\nteleport:\n  nodename: {name}-proxy\n  data_dir: {data}\n  auth_server: {auth}\n  auth_token: {token}\n  log: {{severity: INFO}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n  rate_limit: {{burst: 0}}\n",
+            "version: v3\nteleport:\n  nodename: {name}-proxy\n  data_dir: {data}\n  auth_server: {auth}\n  auth_token: {token}\n  log: {{severity: INFO}}\nproxy_service:\n  web_listen_addr: 127.0.0.1:{web}\n  listen_addr: 127.0.0.1:{ssh}\n  tunnel_listen_addr: 127.0.0.1:{tunnel}\n  rate_limit: {{burst: 0}}\n  connection_limits: {{max_connections_per_address: 100000, max_connections: 100000}}\n",
             data = dir.join("proxy").display(),
             auth = auth.addr(),
             web = ports.web,

@@ -15,6 +15,8 @@ use crate::sim::{self, Agents};
 use crate::{BenchError, Options};
 
 pub const ROOT_NAME: &str = "root.bench";
+/// Simulated leaves per fake leaf auth (see where the fakes start).
+const FAKE_AUTH_SHARD: usize = 500;
 pub const REAL_LEAF: &str = "real-leaf";
 const NODE_NAME: &str = "leafnode";
 const SIM_PREFIX: &str = "sim";
@@ -91,9 +93,14 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
         tunnel_addr: root.tunnel_addr(),
         root_tls_ca_pem: root_cas.tls_ca_pems.clone(),
     };
-    let leaf_cas: Vec<String> = leaves.iter().map(|l| l.tls_ca_pem.clone()).collect();
-    let fake = rt.block_on(crate::fake_auth::start(target_root, &leaf_cas))?;
-    let fake_addr = fake.addr.to_string();
+    // One fake leaf auth per FAKE_AUTH_SHARD simulated leaves: a TLS server sends the names
+    // of every client CA it trusts in its certificate request, and a few thousand CAs
+    // overflow the handshake message limit (64 KiB).
+    let mut fakes = Vec::new();
+    for shard in leaves.chunks(FAKE_AUTH_SHARD) {
+        let cas: Vec<String> = shard.iter().map(|l| l.tls_ca_pem.clone()).collect();
+        fakes.push(rt.block_on(crate::fake_auth::start(target_root.clone(), &cas))?);
+    }
     let bench_rss_before = measure::rss_kb(std::process::id())?;
 
     // The agents run on the runtime's worker threads; this thread only orchestrates.
@@ -102,8 +109,9 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     for (i, batch) in leaves.chunks(opts.batch.max(1)).enumerate() {
         {
             let _guard = rt.enter();
-            for l in batch {
-                agents.spawn(l, &fake_addr, &fake.ca_pem)?;
+            for (j, l) in batch.iter().enumerate() {
+                let fake = &fakes[(i * opts.batch.max(1) + j) / FAKE_AUTH_SHARD];
+                agents.spawn(l, &fake.addr.to_string(), &fake.ca_pem)?;
             }
         }
         say(format!("started {} simulated agents", agents.len()));
@@ -131,7 +139,9 @@ pub fn run(opts: &Options, work: &Path) -> Result<Report, BenchError> {
     say("stopping the simulated agents");
     rt.block_on(async {
         agents.stop(Duration::from_secs(5)).await;
-        fake.stop().await;
+        for fake in fakes {
+            fake.stop().await;
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     // Stop the proxy before its auth, so it does not log auth errors on the way out.
